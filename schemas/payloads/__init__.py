@@ -1,0 +1,1 @@
+"""Payload models, one module per event family (the ``data`` of an envelope)."""

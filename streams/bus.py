@@ -1,0 +1,159 @@
+"""The Bus protocol: what every transport (memory, NATS, Kafka) provides.
+
+It stays small, like httpx's transport: publish, publish_many, subscribe,
+replay, lag and aclose, plus the ``Delivery`` a subscriber acks. Patterns are
+in *type space*: ``market.tick.BTC-USD``, ``session.>``, ``*.>`` (``*`` one
+token, ``>`` the rest); the tenant is a separate argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol, Self, runtime_checkable
+
+from schemas import Event
+
+StartAt = Literal["new", "all"]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAck:
+    """The broker's acknowledgement: where the event landed."""
+
+    stream: str
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored event read back by ``replay``: no ack needed."""
+
+    stream: str
+    seq: int
+    subject: str
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLag:
+    pending: int
+    ack_pending: int
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.ack_pending
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    """How far behind a consumer group is, per stream it reads."""
+
+    group: str
+    streams: dict[str, StreamLag] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        return sum(s.pending for s in self.streams.values())
+
+    @property
+    def ack_pending(self) -> int:
+        return sum(s.ack_pending for s in self.streams.values())
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.ack_pending
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What ``spine streams list`` shows."""
+
+    name: str
+    subjects: tuple[str, ...]
+    messages: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    groups: dict[str, int]  # group -> lag (pending + ack pending)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    stream: str
+    action: Literal["created", "updated", "unchanged"]
+
+
+class Delivery(Protocol):
+    """One event handed to one member of a consumer group.
+
+    Exactly one of ``ack``, ``nak`` or ``term`` settles it; an unsettled
+    delivery is redelivered after ``ack_wait``.
+    """
+
+    @property
+    def event(self) -> Event: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def attempt(self) -> int:
+        """1 on first delivery, 2 on the first redelivery, ..."""
+        ...
+
+    async def ack(self) -> None: ...
+    async def nak(self, delay: float | None = None) -> None: ...
+    async def term(self, reason: str) -> None:
+        """Give up on the event: it moves to the DLQ with ``reason``."""
+        ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """An event bus. Use as ``async with streams.connect(url) as bus:``."""
+
+    async def publish(self, event: Event) -> PublishAck: ...
+
+    async def publish_many(self, events: Iterable[Event]) -> list[PublishAck]: ...
+
+    async def publish_raw(self, subject: str, data: bytes, *, msg_id: str | None = None) -> PublishAck:
+        """Publish bytes as they are to a broker subject (redrive, interop tests)."""
+        ...
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        group: str,
+        tenant: str = "*",
+        start: StartAt = "new",
+    ) -> AsyncIterator[Delivery]: ...
+
+    def replay(
+        self,
+        stream: str,
+        *,
+        start: int | datetime | None = None,
+        end: int | datetime | None = None,
+        pattern: str = ">",
+        tenant: str = "*",
+    ) -> AsyncIterator[Record]: ...
+
+    async def lag(self, group: str) -> GroupLag: ...
+
+    async def provision(self) -> list[ApplyResult]: ...
+
+    async def describe(self) -> list[StreamInfo]: ...
+
+    async def delete(self, stream: str, seq: int) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
