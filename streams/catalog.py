@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from streams.errors import StreamNotFound
+from streams.errors import InvalidArgument, StreamNotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,17 @@ def nats_subject(tenant: str, type_name: str, subject: str) -> str:
 
 
 def nats_filter(pattern: str, tenant: str = "*") -> str:
-    """The NATS filter subject for a type-space pattern within ``tenant``."""
+    """The NATS filter subject for a type-space pattern within ``tenant``.
+
+    A pattern names ``<family>.<name>.<key>``; a shorter one means every key:
+    ``llm.call`` is ``llm.call.*`` and ``market`` is ``market.>``.
+    """
+    tokens = pattern.split(".")
+    if tokens[-1] != ">":
+        if len(tokens) == 1:
+            pattern += ".>"
+        elif len(tokens) == 2:
+            pattern += ".*"
     return f"spine.{tenant}.{pattern}"
 
 
@@ -123,3 +133,14 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if p != "*" and p != s_tokens[i]:
             return False
     return len(p_tokens) == len(s_tokens)
+
+
+def stream_of_subject(subject: str) -> str:
+    """The stream that stores a broker subject ``spine.<tenant>.<family>.<name>.<key>``."""
+    parts = subject.split(".", 3)
+    if len(parts) < 4 or parts[0] != "spine":
+        raise InvalidArgument(
+            f"subject {subject!r} is outside Spine's namespace",
+            hint="subjects look like spine.<tenant>.<type>.<key>",
+        )
+    return stream_for_type(parts[2]).name

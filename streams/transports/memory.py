@@ -36,13 +36,14 @@ from streams.catalog import (
     nats_filter,
     nats_subject,
     stream_for_type,
+    stream_of_subject,
     stream_spec,
     streams_for_pattern,
     subject_matches,
 )
 from streams.config import BusConfig
 from streams.deadletters import DeadLetterKind, dead_letter
-from streams.errors import InvalidArgument, PublishError, StreamNotFound
+from streams.errors import PublishError, StreamNotFound
 from streams.naming import check_group
 
 log = logging.getLogger("spine.streams.memory")
@@ -116,16 +117,6 @@ _BROKERS: dict[str, MemoryBroker] = {}
 _anonymous = itertools.count()
 
 
-def _stream_of_subject(subject: str) -> str:
-    parts = subject.split(".", 3)
-    if len(parts) < 4 or parts[0] != "spine":
-        raise InvalidArgument(
-            f"subject {subject!r} is outside Spine's namespace",
-            hint="subjects look like spine.<tenant>.<type>.<key>",
-        )
-    return stream_for_type(parts[2]).name
-
-
 class MemoryDelivery:
     """A delivery from the memory broker."""
 
@@ -194,7 +185,7 @@ class MemoryBus:
     async def publish_raw(self, subject: str, data: bytes, *, msg_id: str | None = None) -> PublishAck:
         if not data:
             raise PublishError("refusing to publish an empty message", hint="pass the event bytes")
-        return self.broker.store(_stream_of_subject(subject), subject, data, msg_id)
+        return self.broker.store(stream_of_subject(subject), subject, data, msg_id)
 
     # -- consume -------------------------------------------------------------------
     def _group(self, stream: _Stream, group: str, flt: str, start: StartAt) -> _Group:
@@ -295,6 +286,9 @@ class MemoryBus:
         attempt: int,
         event: Event | None,
     ) -> None:
+        if event is None:
+            with contextlib.suppress(SchemaError):
+                event = decode(msg.data)
         letter = dead_letter(
             kind,
             reason,

@@ -43,6 +43,7 @@ from streams.catalog import (
     StreamSpec,
     nats_filter,
     nats_subject,
+    stream_of_subject,
     stream_spec,
     streams_for_pattern,
 )
@@ -248,6 +249,7 @@ class NatsBus:
     async def publish_raw(self, subject: str, data: bytes, *, msg_id: str | None = None) -> PublishAck:
         if not data:
             raise PublishError("refusing to publish an empty message", hint="pass the event bytes")
+        stream_of_subject(subject)
         return await self._publish(subject, data, {"Nats-Msg-Id": msg_id} if msg_id else None)
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str] | None) -> PublishAck:
