@@ -36,11 +36,21 @@ class BusConfig(BaseModel):
     publish_window: int = Field(default=2048, ge=1, description="Unacked async publishes in flight.")
     connect_attempts: int = Field(default=5, ge=1)
     streams: dict[str, StreamSettings] = Field(
-        default_factory=lambda: {
-            "DECISIONS": StreamSettings(duplicate_window_s=3600.0, max_age_s=30 * 86400),
-            "DLQ": StreamSettings(max_age_s=30 * 86400),
-        }
+        default_factory=dict,
+        description="Per-stream overrides by name (MARKET, ..., DLQ); unset fields keep the defaults.",
     )
 
     def stream(self, name: str) -> StreamSettings:
-        return self.streams.get(name, StreamSettings())
+        """Settings of stream ``name``: its defaults, overridden by what was set."""
+        base = _STREAM_DEFAULTS.get(name.upper(), StreamSettings())
+        for key, override in self.streams.items():
+            if key.upper() == name.upper():  # env variables arrive lower-cased
+                return base.model_copy(update=override.model_dump(exclude_unset=True))
+        return base
+
+
+# Decisions are read by idempotent consumers for longer: a wider dedup window helps them.
+_STREAM_DEFAULTS = {
+    "DECISIONS": StreamSettings(duplicate_window_s=3600.0, max_age_s=30 * 86400),
+    "DLQ": StreamSettings(max_age_s=30 * 86400),
+}

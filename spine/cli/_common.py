@@ -55,9 +55,8 @@ def emit_json(doc: Any) -> None:
 
 def emit_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     table = Table(title=title, title_justify="left", header_style="bold")
-    for i, column in enumerate(columns):
-        last = i == len(columns) - 1
-        table.add_column(column, overflow="fold", no_wrap=not last, ratio=1 if last else None)
+    for column in columns:
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     out.print(table)

@@ -51,13 +51,19 @@ def streams_list(as_json: JsonOpt = False) -> None:
                 "messages": i.messages,
                 "bytes": i.bytes,
                 "last_seq": i.last_seq,
-                "groups": i.groups if as_json else ", ".join(f"{g} (lag {n})" for g, n in i.groups.items()),
+                "groups": i.groups if as_json else _groups_cell(i.groups),
                 "lag": sum(i.groups.values()),
             }
             for i in infos
         ]
 
     emit("Streams", run(go()), as_json)
+
+
+def _groups_cell(groups: dict[str, int], shown: int = 4) -> str:
+    busiest = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{g} (lag {n})" for g, n in busiest[:shown])
+    return text + (f" +{len(busiest) - shown} more" if len(busiest) > shown else "")
 
 
 # -- dead letters -----------------------------------------------------------------

@@ -85,6 +85,21 @@ def _headers(event: Event) -> dict[str, str]:
     return headers
 
 
+def _position(msg: Msg) -> tuple[int, int]:
+    """(stream sequence, delivery count) of a JetStream message.
+
+    ``msg.metadata`` also builds a datetime and two dataclasses (about 10 us, a
+    tenth of a delivery's whole cost), so the common v1 ack subject
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``
+    is read directly; any other form goes through nats-py.
+    """
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5]), int(tokens[4])
+    meta = msg.metadata
+    return meta.sequence.stream, meta.num_delivered
+
+
 class NatsDelivery:
     """A JetStream message handed to one group member."""
 
@@ -125,6 +140,7 @@ class NatsBus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._closing = False
+        self._connected = False
 
     # -- lifecycle -----------------------------------------------------------------
     async def connect(self) -> Self:
@@ -135,8 +151,9 @@ class NatsBus:
                     self.url,
                     name="spine",
                     connect_timeout=2,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
+                    # Fail fast on the first connect (our loop retries with backoff and a
+                    # clear error); once connected, reconnect forever (enabled below).
+                    allow_reconnect=False,
                     reconnect_time_wait=0.5,
                     disconnected_cb=self._on_disconnect,
                     reconnected_cb=self._on_reconnect,
@@ -153,6 +170,9 @@ class NatsBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         assert self._nc is not None
+        self._nc.options["allow_reconnect"] = True
+        self._nc.options["max_reconnect_attempts"] = -1
+        self._connected = True
         self._js = self._nc.jetstream(timeout=self.config.publish_timeout_s)
         await self._ensure_streams()
         return self
@@ -165,7 +185,8 @@ class NatsBus:
         log.warning("reconnected to %s", self.url)
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("NATS connection error: %s", exc)
+        if self._connected and not self._closing:
+            log.warning("NATS connection error: %s", exc)
 
     async def __aenter__(self) -> Self:
         if self._nc is None:
@@ -395,9 +416,7 @@ class NatsBus:
         out: list[NatsDelivery] = []
         max_deliver = self.config.max_deliver
         for msg in msgs:
-            meta = msg.metadata
-            seq = meta.sequence.stream
-            attempt = meta.num_delivered
+            seq, attempt = _position(msg)
             if attempt > max_deliver:
                 reason = f"not acknowledged after {attempt - 1} deliveries (max_deliver)"
                 await self._dead_letter("max_deliver", reason, msg, stream, group, None, attempt - 1)

@@ -108,9 +108,7 @@ class BusContract:
         assert [r.event for r in stored] == [event]
 
     async def test_subject_keys_with_dots_and_wildcards_round_trip(self, bus: Bus, tenant: str, group: str) -> None:
-        event = make_event(
-            "llm.call", {"provider": "openai", "model": "gpt-4.1 *mini>"}, tenant=tenant, source="tests"
-        )
+        event = make_event("llm.call", {"provider": "openai", "model": "gpt-4.1 *mini>"}, tenant=tenant, source="tests")
         assert event.subject == "openai/gpt-4.1 *mini>"
         await bus.publish(event)
         it = bus.subscribe("llm.call", group=group, tenant=tenant, start="all")
