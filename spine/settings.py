@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connectors.archive.config import ArchiveConfig
 from spine.errors import UsageError
 from streams.config import BusConfig
 
@@ -29,6 +30,7 @@ class SpineSettings(BaseSettings):
     broker_port: int | None = Field(default=None, ge=1, le=65535, description="Embedded broker port.")
     api_token: SecretStr | None = None
     bus: BusConfig = Field(default_factory=BusConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,216 @@
+"""History back out of the archive: events in event-time order, processors over them, shadow re-publishing.
+
+- ``read_events``: archived events as typed events, in replay order: event
+  time, then stream (CONFIG, MARKET, SESSIONS, LLM, DECISIONS, DLQ: reference
+  data before inputs before decisions), then broker sequence, then id.
+- ``replay_run``: a processor over them through ``processors.base.run_pure``;
+  no broker, no clock, so it derives exactly the decisions (and ids) the live
+  run derived from the same input.
+- ``replay_publish``: copies of archived events back onto the bus under a
+  *shadow tenant*. A copy keeps type, subject, time, payload, causation and
+  correlation; its tenant becomes the shadow name and its id becomes
+  ``derived_id("replay/<shadow>", original id, 0)``. Live consumers subscribe
+  with ``tenant=<shadow>`` to re-process it; consumers of the original tenant
+  never see it, and the original events are not touched. Publishing the same
+  range again is dropped as duplicates; use another shadow name for a fresh run.
+
+Time ranges are half-open: ``start <= time < end``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from connectors.archive.errors import QueryError
+from connectors.archive.layout import ENVELOPE_NAMES, TABLE_FOR_TYPE, quote, stream_rank_sql
+from connectors.archive.store import Archive
+from processors.base import Processor, PureRun, run_pure
+from schemas import EVENT_ADAPTER, EVENT_TYPES, Event, derived_id
+from schemas.envelope import TENANT_PATTERN
+from streams.bus import Bus
+from streams.catalog import nats_filter, nats_subject, subject_matches
+from streams.naming import check_pattern
+
+S = TypeVar("S")
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_TENANT = re.compile(TENANT_PATTERN)
+
+# The CloudEvents document of a row, built by DuckDB: the envelope through
+# json_object (escaping, nulls), then the stored payload JSON spliced in as is.
+_EVENT_JSON = (
+    "left(json_object('specversion', '1.0', 'id', id, 'type', type, 'source', source, 'subject', subject, "
+    "'time', strftime(time, '%Y-%m-%dT%H:%M:%S.%fZ'), 'datacontenttype', 'application/json', "
+    "'dataschema', dataschema, 'tenant', tenant, 'traceparent', traceparent, "
+    "'causationid', causationid, 'correlationid', correlationid), -1) || ',\"data\":' || data || '}'"
+)
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """``2026-11-21``, ``2026-11-21T10:00:00Z``, ``now``, or an age: ``90s``, ``30m``, ``12h``, ``7d``, ``2w``."""
+    value = text.strip()
+    now = now or datetime.now(UTC)
+    if value == "now":
+        return now
+    relative = _RELATIVE.match(value)
+    if relative:
+        return now - timedelta(**{_UNITS[relative.group(2)]: float(relative.group(1))})
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(
+            f"cannot read {text!r} as a time", hint="use 2026-11-21, 2026-11-21T10:00:00Z, now, or an age like 7d"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def types_for(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The event types ``patterns`` (type space, as processors declare ``inputs``) can match,
+    and the NATS filters that still need a per-event key check (patterns naming a key)."""
+    types: list[str] = []
+    keyed: list[str] = []
+    for pattern in patterns:
+        check_pattern(pattern)
+        tokens = nats_filter(pattern, "t").split(".")[2:]
+        for type_name in EVENT_TYPES:
+            family = type_name.split(".", 1)[0]
+            if tokens[0] in ("*", ">") and family == "dlq":
+                continue  # like subscribe: the DLQ is only read when named
+            if _type_matches(tokens, type_name.split(".")) and type_name not in types:
+                types.append(type_name)
+        if len(tokens) > 2 and not (len(tokens) == 3 and tokens[2] in ("*", ">")):
+            keyed.append(nats_filter(pattern, "*"))
+    return types, keyed
+
+
+def _type_matches(pattern: list[str], type_tokens: list[str]) -> bool:
+    for i, token in enumerate(type_tokens):
+        if i >= len(pattern):
+            return False
+        if pattern[i] == ">":
+            return True
+        if pattern[i] not in ("*", token):
+            return False
+    return True
+
+
+def events_sql(
+    types: Sequence[str], start: datetime | None, end: datetime | None, tenant: str | None, exclude_tenant: str | None
+) -> tuple[str, list[Any]]:
+    """The query for ``read_events``: only the tables holding ``types``, in replay order."""
+    tables = sorted({TABLE_FOR_TYPE[t].name for t in types})
+    if not tables:
+        return "SELECT NULL AS doc WHERE false", []
+    where = [f"type IN ({', '.join(_literal(t) for t in types)})"]
+    params: list[Any] = []
+    if start is not None:
+        params.append(start)
+        where.append(f"time >= ${len(params)}")
+    if end is not None:
+        params.append(end)
+        where.append(f"time < ${len(params)}")
+    if tenant is not None:
+        params.append(tenant)
+        where.append(f"tenant = ${len(params)}")
+    if exclude_tenant is not None:
+        params.append(exclude_tenant)
+        where.append(f"tenant <> ${len(params)}")
+    cols = ", ".join(quote(c) for c in ENVELOPE_NAMES)
+    union = " UNION ALL ".join(f"SELECT {cols} FROM main.{quote(t)} WHERE {' AND '.join(where)}" for t in tables)
+    sql = f"SELECT {_EVENT_JSON} AS doc FROM ({union}) ORDER BY time, {stream_rank_sql()}, seq NULLS FIRST, id"
+    return sql, params
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def read_events(
+    archive: Archive,
+    *,
+    patterns: Sequence[str] = (">",),
+    start: datetime | None = None,
+    end: datetime | None = None,
+    tenant: str | None = None,
+    exclude_tenant: str | None = None,
+) -> Iterator[Event]:
+    """Archived events matching ``patterns`` (type space) in replay order, decoded and validated."""
+    types, keyed = types_for(patterns)
+    sql, params = events_sql(types, start, end, tenant, exclude_tenant)
+    validate = EVENT_ADAPTER.validate_json
+    for batch in archive.batches(sql, params):
+        docs = batch.column(0).to_pylist()
+        if not keyed:
+            for doc in docs:
+                yield validate(doc)
+            continue
+        for doc in docs:
+            event = validate(doc)
+            subject = nats_subject(event.tenant, event.type, event.subject)
+            if any(subject_matches(f, subject) for f in keyed):
+                yield event
+
+
+def replay_run(
+    archive: Archive,
+    processor: Processor[S],
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    tenant: str | None = None,
+) -> PureRun[S]:
+    """Run ``processor`` over its ``inputs`` from the archive, as the live runner would have."""
+    events = read_events(archive, patterns=processor.inputs, start=start, end=end, tenant=tenant)
+    return run_pure(processor, events)
+
+
+def shadow_copy(event: Event, shadow: str) -> Event:
+    """``event`` re-addressed to tenant ``shadow`` with a deterministic new id."""
+    return event.model_copy(update={"id": derived_id(f"replay/{shadow}", event.id, 0), "tenant": shadow})
+
+
+def check_shadow(shadow: str) -> str:
+    if not _TENANT.match(shadow):
+        raise QueryError(f"invalid shadow name {shadow!r}", hint="a tenant name: lowercase letters, digits, '-' or '_'")
+    return shadow
+
+
+async def replay_publish(
+    bus: Bus,
+    archive: Archive,
+    *,
+    shadow: str,
+    start: datetime | None,
+    end: datetime | None,
+    patterns: Sequence[str] = (">",),
+    tenant: str | None = None,
+    chunk: int = 1000,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
+    """Publish shadow copies of the archived events; returns (published, dropped as duplicates)."""
+    check_shadow(shadow)
+    if tenant == shadow:
+        raise QueryError("the shadow tenant must differ from the source tenant", hint="pick another --to-stream")
+    published = duplicates = 0
+    pending: list[Event] = []
+    events = read_events(archive, patterns=patterns, start=start, end=end, tenant=tenant, exclude_tenant=shadow)
+    for event in events:
+        pending.append(shadow_copy(event, shadow))
+        if len(pending) >= chunk:
+            acks = await bus.publish_many(pending)
+            published += len(acks)
+            duplicates += sum(a.duplicate for a in acks)
+            pending = []
+            if on_chunk is not None:
+                on_chunk(published)
+    if pending:
+        acks = await bus.publish_many(pending)
+        published += len(acks)
+        duplicates += sum(a.duplicate for a in acks)
+        if on_chunk is not None:
+            on_chunk(published)
+    return published, duplicates
