@@ -10,6 +10,7 @@ returns a ready ``Processor``::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,25 @@ from schemas.errors import SpineError
 Factory = Callable[[dict[str, Any] | None], Processor[Any]]
 
 _FACTORIES: dict[str, Factory] = {}
+
+# The processors that ship with Spine: "module:function", imported on first use.
+_BUILTINS: dict[str, str] = {
+    "cost": "processors.cost:build",
+    "supervisor": "processors.supervisor:build",
+}
+
+
+def _builtin(name: str) -> Factory | None:
+    target = _BUILTINS.get(name)
+    if target is None:
+        return None
+    module_name, _, function = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        return None
+    factory: Factory | None = getattr(module, function, None)
+    return factory
 
 
 class UnknownProcessor(SpineError):
@@ -40,12 +60,12 @@ def unregister(name: str) -> None:
 
 def names() -> list[str]:
     """Registered processor names, sorted."""
-    return sorted(_FACTORIES)
+    return sorted(set(_FACTORIES) | {n for n in _BUILTINS if _builtin(n) is not None})
 
 
 def build(name: str, config: dict[str, Any] | None = None) -> Processor[Any]:
     """A new processor ``name`` built from ``config``."""
-    factory = _FACTORIES.get(name)
+    factory = _FACTORIES.get(name) or _builtin(name)
     if factory is None:
         known = ", ".join(names()) or "none registered yet"
         raise UnknownProcessor(f"unknown processor {name!r}; known: {known}", hint="see `spine replay run --help`")

@@ -8,7 +8,7 @@ token, ``>`` the rest); the tenant is a separate argument.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, Self, runtime_checkable
@@ -29,12 +29,39 @@ class PublishAck:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A stored event read back by ``replay``: no ack needed."""
+    """A stored event read back by ``replay`` or ``follow``: no ack needed.
+
+    ``seq`` orders records within (``stream``, ``partition``); NATS and memory
+    streams have one partition (0), Kafka topics several.
+    """
 
     stream: str
     seq: int
     subject: str
     event: Event
+    partition: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A stored message that is not a valid event (``follow`` yields it for the DLQ)."""
+
+    stream: str
+    seq: int
+    subject: str
+    raw: bytes
+    reason: str
+    partition: int = 0
+
+
+class CheckpointStore(Protocol):
+    """Durable key -> bytes for runner checkpoints (NATS: a KV bucket)."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes) -> None: ...
+
+    async def keys(self, prefix: str) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +170,25 @@ class Bus(Protocol):
         pattern: str = ">",
         tenant: str = "*",
     ) -> AsyncIterator[Record]: ...
+
+    def follow(
+        self,
+        stream: str,
+        *,
+        after: Mapping[int, int] | None = None,
+        pattern: str = ">",
+        tenant: str = "*",
+    ) -> AsyncIterator[Record | Undecodable]:
+        """Every stored message after the positions ``after`` (partition -> last seq
+        seen; missing partitions start at the beginning), in order per partition,
+        then new ones as they come.
+
+        No group and no acks: the reader keeps its own position (the processor
+        runner checkpoints it with its state). Never ends by itself.
+        """
+        ...
+
+    async def checkpoints(self) -> CheckpointStore: ...
 
     async def lag(self, group: str) -> GroupLag: ...
 

@@ -45,6 +45,7 @@ class CostDecision(Payload):
     output_tokens: Count = 0
     unpriced_calls: Count = Field(default=0, description="Calls whose model had no price.")
     price_version: str | None = None
+    final: bool = Field(default=False, description="True once the bucket closed (watermark passed its end).")
 
 
 class BudgetDecision(Payload):

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import time as _time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Self
@@ -22,12 +22,14 @@ from typing import Self
 from schemas import Event, SchemaError, decode, encode
 from streams.bus import (
     ApplyResult,
+    CheckpointStore,
     GroupLag,
     PublishAck,
     Record,
     StartAt,
     StreamInfo,
     StreamLag,
+    Undecodable,
 )
 from streams.catalog import (
     CATALOG,
@@ -44,7 +46,7 @@ from streams.catalog import (
 from streams.config import BusConfig
 from streams.deadletters import DeadLetterKind, dead_letter
 from streams.errors import PublishError, StreamNotFound
-from streams.naming import check_group
+from streams.naming import check_group, check_pattern, check_tenant
 
 log = logging.getLogger("spine.streams.memory")
 
@@ -88,6 +90,7 @@ class MemoryBroker:
         self.config = config
         self.streams: dict[str, _Stream] = {spec.name: _Stream(spec) for spec in CATALOG}
         self.changed = asyncio.Event()
+        self.checkpoints = MemoryCheckpoints()
 
     def notify(self) -> None:
         self.changed.set()
@@ -111,6 +114,22 @@ class MemoryBroker:
                 stream.dedup = {k: v for k, v in stream.dedup.items() if now - v[1] < window}
         self.notify()
         return PublishAck(stream_name, seq)
+
+
+class MemoryCheckpoints:
+    """Checkpoints kept in the memory broker (gone with the process)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    async def put(self, key: str, value: bytes) -> None:
+        self.values[key] = value
+
+    async def keys(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.values if k.startswith(prefix))
 
 
 _BROKERS: dict[str, MemoryBroker] = {}
@@ -330,6 +349,35 @@ class MemoryBus:
                 log.warning("replay %s: skipped undecodable seq %d: %s", spec.name, seq, exc)
                 continue
             yield Record(spec.name, seq, msg.subject, event)
+
+    async def follow(
+        self,
+        stream: str,
+        *,
+        after: Mapping[int, int] | None = None,
+        pattern: str = ">",
+        tenant: str = "*",
+    ) -> AsyncIterator[Record | Undecodable]:
+        spec = stream_spec(stream)
+        st = self.broker.streams[spec.name]
+        flt = nats_filter(check_pattern(pattern), check_tenant(tenant))
+        seq = (after or {}).get(0, 0)
+        while True:
+            while seq < st.last_seq:
+                seq += 1
+                msg = st.messages.get(seq)
+                if msg is None or not subject_matches(flt, msg.subject):
+                    continue
+                try:
+                    yield Record(spec.name, seq, msg.subject, decode(msg.data))
+                except SchemaError as exc:
+                    yield Undecodable(spec.name, seq, msg.subject, msg.data, str(exc))
+            changed = self.broker.changed
+            if seq >= st.last_seq:
+                await changed.wait()
+
+    async def checkpoints(self) -> CheckpointStore:
+        return self.broker.checkpoints
 
     async def lag(self, group: str) -> GroupLag:
         check_group(group)

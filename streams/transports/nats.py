@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -27,16 +29,19 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
 
 from schemas import Event, SchemaError, decode, encode
 from streams.bus import (
     ApplyResult,
+    CheckpointStore,
     GroupLag,
     PublishAck,
     Record,
     StartAt,
     StreamInfo,
     StreamLag,
+    Undecodable,
 )
 from streams.catalog import (
     CATALOG,
@@ -78,6 +83,12 @@ def _translate(exc: Exception, what: str) -> StreamError:
     return StreamError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _subject(tenant: str, type_name: str, key: str) -> str:
+    """``nats_subject``, cached: a batch repeats a few keys (symbols, models), and escaping costs."""
+    return nats_subject(tenant, type_name, key)
+
+
 def _headers(event: Event) -> dict[str, str]:
     headers = {"Nats-Msg-Id": event.id, "ce-type": event.type}
     if event.traceparent:
@@ -98,6 +109,40 @@ def _position(msg: Msg) -> tuple[int, int]:
         return int(tokens[5]), int(tokens[4])
     meta = msg.metadata
     return meta.sequence.stream, meta.num_delivered
+
+
+_CHECKPOINT_BUCKET = "spine_checkpoints"
+
+
+class _NatsCheckpoints:
+    """Checkpoints in a JetStream KV bucket (file storage, latest value per key)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _translate(exc, f"reading checkpoint {key}") from exc
+        return entry.value
+
+    async def put(self, key: str, value: bytes) -> None:
+        try:
+            await self._kv.put(key, value)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _translate(exc, f"writing checkpoint {key}") from exc
+
+    async def keys(self, prefix: str) -> list[str]:
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _translate(exc, "listing checkpoints") from exc
+        return sorted(k for k in keys if k.startswith(prefix))
 
 
 class NatsDelivery:
@@ -140,6 +185,7 @@ class NatsBus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._closing = False
+        self._checkpoints: _NatsCheckpoints | None = None
         self._connected = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -292,33 +338,36 @@ class NatsBus:
         raise AssertionError("unreachable")
 
     async def publish_many(self, events: Iterable[Event]) -> list[PublishAck]:
-        """Pipeline publishes (up to ``publish_window`` in flight), then await every ack."""
+        """Pipeline publishes, at most ``publish_window`` unacked at a time; return every ack in order.
+
+        The window slides: each new publish waits only for the oldest ack, so
+        the broker never idles between windows.
+        """
         js = self.js
-        batch: list[tuple[Event, asyncio.Future[api.PubAck]]] = []
-        acks: list[PublishAck] = []
         window = self.config.publish_window
+        in_flight: deque[tuple[Event, asyncio.Future[api.PubAck]]] = deque()
+        acks: list[PublishAck] = []
         try:
             for event in events:
-                subject = nats_subject(event.tenant, event.type, event.subject)
+                subject = _subject(event.tenant, event.type, event.subject)
                 future = await js.publish_async(subject, encode(event), headers=_headers(event))
-                batch.append((event, future))
-                if len(batch) >= window:
-                    acks.extend(await self._settle(batch))
-                    batch = []
-            acks.extend(await self._settle(batch))
+                in_flight.append((event, future))
+                if len(in_flight) >= window:
+                    acks.append(await self._settle(*in_flight.popleft()))
+            while in_flight:
+                acks.append(await self._settle(*in_flight.popleft()))
         except nats.errors.Error as exc:
             raise _translate(exc, "batched publish") from exc
         return acks
 
-    async def _settle(self, batch: list[tuple[Event, asyncio.Future[api.PubAck]]]) -> list[PublishAck]:
-        results = await asyncio.gather(*(f for _, f in batch), return_exceptions=True)
-        out = []
-        for (event, _), result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                out.append(await self.publish(event))  # retry alone; dedup makes it safe
-            else:
-                out.append(PublishAck(result.stream, result.seq, bool(result.duplicate)))
-        return out
+    async def _settle(self, event: Event, future: asyncio.Future[api.PubAck]) -> PublishAck:
+        if not future.done():
+            # wait() rather than await: a failed or cancelled publish is retried below, not raised here.
+            await asyncio.wait((future,))
+        if future.cancelled() or future.exception() is not None:
+            return await self.publish(event)  # retry alone; dedup makes it safe
+        result = future.result()
+        return PublishAck(result.stream, result.seq, bool(result.duplicate))
 
     # -- consume -------------------------------------------------------------------
     async def _bind(self, spec: StreamSpec, group: str, flt: str, start: StartAt) -> JetStreamContext.PullSubscription:
@@ -522,6 +571,75 @@ class NatsBus:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def follow(
+        self,
+        stream: str,
+        *,
+        after: Mapping[int, int] | None = None,
+        pattern: str = ">",
+        tenant: str = "*",
+    ) -> AsyncIterator[Record | Undecodable]:
+        spec = stream_spec(stream)
+        flt = nats_filter(check_pattern(pattern), check_tenant(tenant))
+        position = (after or {}).get(0, 0)
+        sub: JetStreamContext.PullSubscription | None = None
+        try:
+            while True:
+                if sub is None:  # (re)open an ordered reader at our own position
+                    cfg = api.ConsumerConfig(
+                        ack_policy=api.AckPolicy.NONE,
+                        filter_subject=flt,
+                        inactive_threshold=60.0,
+                        mem_storage=True,
+                        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=position + 1,
+                    )
+                    try:
+                        sub = await self.js.pull_subscribe(flt, stream=spec.name, config=cfg)
+                    except (nats.errors.Error, TimeoutError) as exc:
+                        raise _translate(exc, f"following {spec.name}") from exc
+                try:
+                    msgs = await sub.fetch(self.config.fetch_batch, timeout=_FETCH_WAIT_S)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    log.warning("follow %s: %s; reopening at seq %d", spec.name, exc, position + 1)
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    sub = None
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    seq, _ = _position(msg)
+                    if seq <= position:
+                        continue
+                    position = seq
+                    try:
+                        yield Record(spec.name, seq, msg.subject, decode(msg.data))
+                    except SchemaError as exc:
+                        yield Undecodable(spec.name, seq, msg.subject, msg.data, str(exc))
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def checkpoints(self) -> CheckpointStore:
+        if self._checkpoints is None:
+            try:
+                try:
+                    kv = await self.js.key_value(_CHECKPOINT_BUCKET)
+                except nats.js.errors.BucketNotFoundError:
+                    kv = await self.js.create_key_value(
+                        bucket=_CHECKPOINT_BUCKET,
+                        history=1,
+                        storage=api.StorageType.FILE,
+                        description="Spine processor checkpoints (state + input positions)",
+                    )
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise _translate(exc, "opening the checkpoint bucket") from exc
+            self._checkpoints = _NatsCheckpoints(kv)
+        return self._checkpoints
 
     async def lag(self, group: str) -> GroupLag:
         check_group(group)

@@ -1,0 +1,354 @@
+"""The cost processor: prices LLM calls and folds them into period totals and budgets.
+
+Input ``llm.call``; state partitioned by tenant. For each call:
+
+1. Price it: take ``cost_usd`` if the producer gave it; otherwise price the
+   tokens with the versioned ``PriceTable`` handed in (litellm's price map,
+   loaded once by ``connectors.prices``). A model missing from the table is
+   counted as ``unpriced_calls`` and reported once per model with a
+   ``decision.alert`` (never priced at zero silently).
+2. Add it to day, week and month buckets (event time, UTC) per tenant,
+   provider, model, project and session.
+3. Emit ``decision.cost`` for a day bucket each time its cost crosses another
+   ``update_step_usd``, and a final one for every bucket (day/week/month) once
+   the watermark passes its end.
+4. Emit ``decision.budget`` once per budget, key, period bucket and level
+   (soft, hard) when spending reaches the limit.
+
+A call whose day bucket has already closed (older than the allowed lateness)
+is rejected as ``late`` and dead-lettered, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from processors.base import Emit, Output, Reject
+from processors.windows import PERIODS, Period, Watermark, bucket_end, bucket_start, day_start_ts
+from schemas import Event
+from schemas.envelope import LlmCallEvent
+from schemas.payloads.decisions import AlertDecision, BudgetDecision, CostDecision
+
+Dimension = Literal["tenant", "provider", "model", "project", "session"]
+DIMENSIONS: tuple[Dimension, ...] = ("tenant", "provider", "model", "project", "session")
+
+
+class ModelPrice(BaseModel):
+    """USD per token for one model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+
+
+class PriceTable(BaseModel):
+    """A versioned price table; ``version`` goes on every decision it priced."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    def lookup(self, provider: str, model: str) -> ModelPrice | None:
+        """``provider/model`` first, then the bare model name (litellm's keys mix both)."""
+        return self.prices.get(f"{provider}/{model}") or self.prices.get(model)
+
+    def cost(self, price: ModelPrice, input_tokens: int, output_tokens: int, cached_tokens: int) -> float:
+        """Like ``litellm.cost_per_token``: cached tokens are part of the input tokens."""
+        cached = min(cached_tokens, input_tokens)
+        cache_rate = price.cache_read if price.cache_read is not None else price.input
+        return (input_tokens - cached) * price.input + cached * cache_rate + output_tokens * price.output
+
+
+class Budget(BaseModel):
+    """A spending limit: ``key`` ``*`` applies it to every tenant/project/provider separately."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    scope: Literal["tenant", "project", "provider"]
+    key: str = "*"
+    period: Period = "day"
+    soft_usd: float | None = Field(default=None, gt=0)
+    hard_usd: float | None = Field(default=None, gt=0)
+
+
+class CostConfig(BaseModel):
+    """Settings of the cost processor (``[cost]`` in the processors config file)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prices: PriceTable = Field(default_factory=lambda: PriceTable(version="empty"))
+    budgets: tuple[Budget, ...] = ()
+    update_step_usd: float = Field(default=0.05, gt=0, description="Emit a day update per this much spend.")
+    allowed_lateness_s: float = Field(default=3600.0, ge=0, description="How late a call may arrive.")
+    retention_days: int = Field(default=62, ge=1, description="Closed buckets kept in state for queries.")
+
+
+@dataclass(slots=True)
+class Total:
+    cost: float = 0.0
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    unpriced: int = 0
+    emitted_steps: int = 0  # update_step_usd multiples already reported
+
+    def to_list(self) -> list[Any]:
+        return [self.cost, self.calls, self.input_tokens, self.output_tokens, self.unpriced, self.emitted_steps]
+
+
+# (tenant, period, bucket start ISO, dimension, key)
+TotalKey = tuple[str, str, str, str, str]
+
+
+@dataclass(slots=True)
+class CostState:
+    """Per tenant: a watermark, open buckets and totals (a partition holds several tenants)."""
+
+    lateness_s: float
+    watermarks: dict[str, Watermark] = field(default_factory=dict)
+    totals: dict[TotalKey, Total] = field(default_factory=dict)
+    open_buckets: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (tenant, period, bucket) -> end
+    budgets_fired: set[str] = field(default_factory=set)
+    unpriced_models: set[str] = field(default_factory=set)
+
+
+class CostProcessor:
+    """See the module docstring."""
+
+    name = "cost"
+    inputs = ("llm.call",)
+
+    def __init__(self, config: CostConfig | None = None) -> None:
+        self.config = config or CostConfig()
+
+    def partition_key(self, event: Event) -> str:
+        return event.tenant
+
+    def initial_state(self) -> CostState:
+        return CostState(self.config.allowed_lateness_s)
+
+    # -- the fold ----------------------------------------------------------------------
+    def handle(self, state: CostState, event: Event) -> Sequence[Output]:
+        if not isinstance(event, LlmCallEvent):
+            return ()
+        ts = event.time.timestamp()
+        day = event.time.date()
+        watermark = state.watermarks.get(event.tenant)
+        if watermark is None:
+            watermark = state.watermarks[event.tenant] = Watermark(state.lateness_s)
+        if watermark.closed(day_start_ts(day + timedelta(days=1))):
+            return (
+                Reject(
+                    "late",
+                    f"llm.call at {event.time.isoformat()} is behind the watermark: its day closed "
+                    f"(allowed lateness {self.config.allowed_lateness_s:.0f}s)",
+                ),
+            )
+        outputs: list[Output] = []
+        call = event.data
+        model_key = f"{call.provider}/{call.model}"
+        if call.cost_usd is not None:
+            cost, priced, version = call.cost_usd, True, call.price_version or "producer"
+        else:
+            price = self.config.prices.lookup(call.provider, call.model)
+            version = self.config.prices.version
+            if price is None:
+                cost, priced = 0.0, False
+                marker = f"{event.tenant}|{model_key}"
+                if marker not in state.unpriced_models:
+                    state.unpriced_models.add(marker)
+                    outputs.append(self._unpriced_alert(model_key, version))
+            else:
+                cost = self.config.prices.cost(price, call.input_tokens, call.output_tokens, call.cached_tokens)
+                priced = True
+        keys: dict[Dimension, str | None] = {
+            "tenant": event.tenant,
+            "provider": call.provider,
+            "model": model_key,
+            "project": call.project,
+            "session": call.session_id,
+        }
+        for period in PERIODS:
+            start = bucket_start(day, period)
+            bucket = start.isoformat()
+            state.open_buckets.setdefault((event.tenant, period, bucket), bucket_end(start, period).isoformat())
+            for dim, key in keys.items():
+                if key is None:
+                    continue
+                total = state.totals.get((event.tenant, period, bucket, dim, key))
+                if total is None:
+                    total = state.totals[(event.tenant, period, bucket, dim, key)] = Total()
+                total.cost += cost
+                total.calls += 1
+                total.input_tokens += call.input_tokens
+                total.output_tokens += call.output_tokens
+                total.unpriced += 0 if priced else 1
+                if period == "day":
+                    steps = math.floor(total.cost / self.config.update_step_usd)
+                    if steps > total.emitted_steps or total.calls == 1:
+                        total.emitted_steps = max(steps, total.emitted_steps)
+                        outputs.append(self._cost(period, bucket, dim, key, total, version, final=False))
+        outputs.extend(self._budgets(state, event, keys, day, version))
+        watermark.observe(ts)
+        outputs.extend(self._close_buckets(state, event.tenant, watermark, version))
+        return outputs
+
+    def _cost(
+        self, period: Period, bucket: str, dim: Dimension, key: str, total: Total, version: str, *, final: bool
+    ) -> Emit:
+        decision = CostDecision(
+            period=period,
+            bucket=bucket,
+            dimension=dim,
+            key=key,
+            cost_usd=round(total.cost, 10),
+            calls=total.calls,
+            input_tokens=total.input_tokens,
+            output_tokens=total.output_tokens,
+            unpriced_calls=total.unpriced,
+            price_version=version,
+            final=final,
+        )
+        return Emit("decision.cost", decision, f"{dim}:{key}:{period}:{bucket}")
+
+    def _unpriced_alert(self, model_key: str, version: str) -> Emit:
+        alert = AlertDecision(
+            rule="cost-unpriced-model",
+            dedup_key=f"cost-unpriced-model/{model_key}",
+            status="firing",
+            severity="warning",
+            summary=f"{model_key} is not in price table {version}: its calls are counted as unpriced",
+            labels={"model": model_key, "price_version": version},
+        )
+        return Emit("decision.alert", alert, alert.dedup_key)
+
+    def _budgets(
+        self, state: CostState, event: Event, keys: dict[Dimension, str | None], day: date, version: str
+    ) -> list[Emit]:
+        out: list[Emit] = []
+        for budget in self.config.budgets:
+            key = keys[budget.scope]
+            if key is None or (budget.key not in ("*", key)):
+                continue
+            bucket = bucket_start(day, budget.period).isoformat()
+            total = state.totals.get((event.tenant, budget.period, bucket, budget.scope, key))
+            if total is None:
+                continue
+            levels: tuple[tuple[Literal["soft", "hard"], float | None], ...] = (
+                ("soft", budget.soft_usd),
+                ("hard", budget.hard_usd),
+            )
+            for level, limit in levels:
+                marker = f"{event.tenant}|{budget.name}|{key}|{bucket}|{level}"
+                if limit is None or total.cost < limit or marker in state.budgets_fired:
+                    continue
+                state.budgets_fired.add(marker)
+                decision = BudgetDecision(
+                    budget=budget.name,
+                    scope=budget.scope,
+                    key=key,
+                    period=budget.period,
+                    bucket=bucket,
+                    level=level,
+                    limit_usd=limit,
+                    spent_usd=round(total.cost, 10),
+                )
+                out.append(Emit("decision.budget", decision, f"{budget.name}:{key}:{bucket}:{level}"))
+        return out
+
+    def _close_buckets(self, state: CostState, tenant: str, watermark: Watermark, version: str) -> list[Emit]:
+        """Final totals for the tenant's buckets the watermark passed; prune past retention."""
+        wm = watermark.value
+        if wm is None:
+            return []
+        closed = [
+            (period, bucket)
+            for (t, period, bucket), end in state.open_buckets.items()
+            if t == tenant and day_start_ts(date.fromisoformat(end)) <= wm
+        ]
+        if not closed:
+            return []
+        out: list[Emit] = []
+        for period, bucket in sorted(closed):
+            del state.open_buckets[(tenant, period, bucket)]
+            for (t, p, b, dim, key), total in sorted(state.totals.items()):
+                if p == period and b == bucket and t == tenant:
+                    out.append(self._cost(p, b, dim, key, total, version, final=True))  # type: ignore[arg-type]
+        horizon = (datetime.fromtimestamp(wm, tz=UTC).date() - timedelta(days=self.config.retention_days)).isoformat()
+        stale = [
+            k
+            for k in state.totals
+            if k[0] == tenant and k[2] < horizon and (tenant, k[1], k[2]) not in state.open_buckets
+        ]
+        for k in stale:
+            del state.totals[k]
+        return out
+
+    # -- snapshots -----------------------------------------------------------------------
+    def snapshot(self, state: CostState) -> dict[str, Any]:
+        return {
+            "max_event_ts": {t: w.max_event_ts for t, w in sorted(state.watermarks.items())},
+            "totals": [[*key, *total.to_list()] for key, total in state.totals.items()],
+            "open_buckets": [[t, p, b, e] for (t, p, b), e in state.open_buckets.items()],
+            "budgets_fired": sorted(state.budgets_fired),
+            "unpriced_models": sorted(state.unpriced_models),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> CostState:
+        state = self.initial_state()
+        for tenant, ts in snapshot["max_event_ts"].items():
+            state.watermarks[tenant] = Watermark(state.lateness_s, ts)
+        for row in snapshot["totals"]:
+            state.totals[(row[0], row[1], row[2], row[3], row[4])] = Total(*row[5:])
+        state.open_buckets = {(t, p, b): e for t, p, b, e in snapshot["open_buckets"]}
+        state.budgets_fired = set(snapshot["budgets_fired"])
+        state.unpriced_models = set(snapshot["unpriced_models"])
+        return state
+
+
+def build(config: dict[str, Any] | None) -> CostProcessor:
+    """Registry factory: ``config`` is the ``[cost]`` table (with ``prices`` filled in by the caller)."""
+    return CostProcessor(CostConfig.model_validate(config or {}))
+
+
+def cost_rows(
+    states: Sequence[CostState],
+    period: Period,
+    bucket: str,
+    by: Dimension,
+    tenant: str | None = None,
+) -> list[dict[str, Any]]:
+    """Totals of one bucket grouped by ``by`` across partition states (for ``spine cost``)."""
+    rows: dict[tuple[str, str], Total] = {}
+    for state in states:
+        for (t, p, b, dim, key), total in state.totals.items():
+            if p != period or b != bucket or dim != by or (tenant and t != tenant):
+                continue
+            acc = rows.setdefault((t, key), Total())
+            acc.cost += total.cost
+            acc.calls += total.calls
+            acc.input_tokens += total.input_tokens
+            acc.output_tokens += total.output_tokens
+            acc.unpriced += total.unpriced
+    return [
+        {
+            "tenant": t,
+            by: key,
+            "cost_usd": round(total.cost, 6),
+            "calls": total.calls,
+            "input_tokens": total.input_tokens,
+            "output_tokens": total.output_tokens,
+            "unpriced_calls": total.unpriced,
+        }
+        for (t, key), total in sorted(rows.items(), key=lambda kv: (-kv[1].cost, kv[0]))
+    ]

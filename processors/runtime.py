@@ -1,0 +1,23 @@
+"""Partitioned state and the pure fold (re-exported from ``streams.processing``)."""
+
+from streams.processing import (
+    DEFAULT_PARTITIONS,
+    DEFAULT_SEEN_IDS,
+    Partition,
+    fold,
+    owned_partitions,
+    partition_key,
+    partition_of,
+    run_partitioned,
+)
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "DEFAULT_SEEN_IDS",
+    "Partition",
+    "fold",
+    "owned_partitions",
+    "partition_key",
+    "partition_of",
+    "run_partitioned",
+]
