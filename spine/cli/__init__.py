@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from schemas.errors import SpineError
-from spine.cli import admin, broker, demo, events
+from spine.cli import admin, archive, broker, demo, events
 from spine.cli._common import State, err
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ app.add_typer(admin.dlq_app, name="dlq")
 app.add_typer(admin.schemas_app, name="schemas")
 events.register(app)
 demo.register(app)
+archive.register(app)
 
 
 def main() -> None:

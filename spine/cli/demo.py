@@ -16,6 +16,7 @@ import orjson
 import typer
 
 from spine.cli._common import broker_url, emit, out, run, settings
+from spine.cli.archive_demo import demo_archive
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +26,7 @@ def register(app: typer.Typer) -> None:
 def demo(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary.")] = False) -> None:
     """Run the end-to-end demo on the embedded broker (or SPINE_BROKER_URL)."""
     summary = run(_demo(quiet=as_json))
+    summary["archive"] = run(demo_archive(summary, quiet=as_json))
     if as_json:
         from spine.cli._common import emit_json
 
@@ -126,7 +128,7 @@ async def _demo(*, quiet: bool) -> dict[str, Any]:
         f"  spine consume '>' --group me --tenant {tenant} --from-start --limit 5\n"
         '  spine publish market.tick --data \'{"venue": "x", "symbol": "ETH-USD", "price": 3500}\'\n'
         "  spine broker stop\n"
-        "Not in this demo yet: processors (cost, supervisor, routing, alerting, scaling), the DuckDB archive,\n"
+        "Not in this demo yet: processors (cost, supervisor, routing, alerting, scaling)\n"
         "and the Kafka transport: they arrive with their own issues."
     )
     return {
