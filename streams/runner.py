@@ -77,6 +77,7 @@ class RunnerConfig:
     batch_wait_s: float = 0.05
     seen_ids: int = DEFAULT_SEEN_IDS
     tenant: str = "*"
+    group: str | None = None  # checkpoint namespace; default: the processor's name
 
     def __post_init__(self) -> None:
         if not 0 <= self.replica < self.replicas:
@@ -140,12 +141,16 @@ def decode_checkpoint(raw: bytes) -> dict[str, Any]:
 
 
 async def load_partitions(
-    store: CheckpointStore, processor: Processor[S], partitions: list[int], total: int
+    store: CheckpointStore,
+    processor: Processor[S],
+    partitions: list[int],
+    total: int,
+    group: str | None = None,
 ) -> dict[int, Partition[S]]:
     """The checkpointed partitions (fresh state where none was written yet)."""
     parts: dict[int, Partition[S]] = {}
     for p in partitions:
-        raw = await store.get(checkpoint_key(processor.name, p))
+        raw = await store.get(checkpoint_key(group or processor.name, p))
         if raw is None:
             parts[p] = Partition(p, processor.initial_state())
             continue
@@ -189,7 +194,7 @@ class Runner(Generic[S]):
 
     async def run(self, stop: asyncio.Event) -> RunnerHealth:
         store = await self.bus.checkpoints()
-        self.parts = await load_partitions(store, self.processor, self.owned, self.config.partitions)
+        self.parts = await load_partitions(store, self.processor, self.owned, self.config.partitions, self.config.group)
         queue: asyncio.Queue[Record | Undecodable] = asyncio.Queue(maxsize=self.config.batch_max * 2)
         readers = [
             asyncio.create_task(self._read(stream, pattern, filters, queue))
@@ -296,7 +301,7 @@ class Runner(Generic[S]):
         for i, p in enumerate(sorted(touched)):
             part = self.parts[p]
             doc = part.to_checkpoint(self.processor, self.config.partitions)
-            await store.put(checkpoint_key(self.processor.name, p), encode_checkpoint(doc))
+            await store.put(checkpoint_key(self.config.group or self.processor.name, p), encode_checkpoint(doc))
             if i == 0:
                 self.fault("checkpointing")
         self.fault("checkpointed")

@@ -7,6 +7,7 @@ litellm, duckdb) happen inside the commands that need them.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 
 from schemas.errors import SpineError
-from spine.cli import admin, archive, broker, demo, events
+from spine.cli import admin, archive, broker, cost, demo, events, run
 from spine.cli._common import State, err
 
 app = typer.Typer(
@@ -50,10 +51,13 @@ app.add_typer(admin.schemas_app, name="schemas")
 events.register(app)
 demo.register(app)
 archive.register(app)
+run.register(app)
+cost.register(app)
 
 
 def main() -> None:
     """Entry point of the ``spine`` console script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except SpineError as exc:
