@@ -230,3 +230,51 @@ def test_embedded_broker_lifecycle_and_data_survive_restart(tmp_path: Path) -> N
         assert out[0]["subject"] == "KEEP"
     finally:
         subprocess.run([SPINE, "broker", "stop"], env=env, capture_output=True, timeout=30, check=False)
+
+
+def test_run_cost_then_query_it(spine: Run, tenant: str, tmp_path: Path) -> None:
+    config = tmp_path / "processors.toml"
+    config.write_text(
+        '[cost]\nupdate_step_usd = 0.01\n[cost.prices]\nversion = "cli-test"\n'
+        '[cost.prices.prices."gpt-4o"]\ninput = 2.5e-6\noutput = 1e-5\n'
+    )
+    lines = [
+        json.dumps(
+            {"provider": "openai", "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 100, "project": "web"}
+        ),
+        json.dumps(
+            {"provider": "openai", "model": "gpt-4o", "input_tokens": 3000, "output_tokens": 300, "project": "api"}
+        ),
+        json.dumps({"provider": "acme", "model": "mystery", "input_tokens": 10, "project": "web"}),
+    ]
+    (tmp_path / "calls.jsonl").write_text("\n".join(lines))
+    spine("publish", "llm.call", "--file", str(tmp_path / "calls.jsonl"), "--tenant", tenant)
+    group = f"cost-{tenant}"
+    health = json.loads(
+        spine(
+            "run", "cost", "--group", group, "--tenant", tenant, "--config", str(config), "--until-idle", "2", "--json"
+        ).stdout
+    )
+    assert health[0]["handled"] == 3 and health[0]["emitted"] >= 3
+    rows = json.loads(spine("cost", "today", "--by", "project", "--tenant", tenant, "--group", group, "--json").stdout)
+    assert {r["project"]: r["calls"] for r in rows} == {"api": 1, "web": 2}
+    by_project = {r["project"]: r["cost_usd"] for r in rows}
+    assert by_project["api"] == pytest.approx(3000 * 2.5e-6 + 300 * 1e-5)
+    models = json.loads(spine("cost", "today", "--by", "model", "--tenant", tenant, "--group", group, "--json").stdout)
+    assert {r["model"]: r["unpriced_calls"] for r in models} == {"openai/gpt-4o": 0, "acme/mystery": 1}
+    # Running again does not count anything twice (positions are checkpointed with the state).
+    spine("run", "cost", "--group", group, "--tenant", tenant, "--config", str(config), "--until-idle", "1")
+    again = json.loads(spine("cost", "today", "--by", "project", "--tenant", tenant, "--group", group, "--json").stdout)
+    assert again == rows
+    bad = spine("cost", "fortnight", check=False)
+    assert bad.returncode == 2 and "unknown period" in bad.stderr
+
+
+def test_bad_processor_config_names_key_and_value(spine: Run, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[cost]\nupdate_step_usd = -1\n[cost.prices]\nversion = 'x'\n")
+    proc = spine("run", "cost", "--config", str(config), "--until-idle", "1", check=False)
+    assert proc.returncode == 2
+    assert "update_step_usd" in proc.stderr and "-1" in proc.stderr and "Traceback" not in proc.stderr
+    proc = spine("run", "nonesuch", check=False)
+    assert proc.returncode == 2 and "unknown processor" in proc.stderr
