@@ -3,9 +3,9 @@
 - ``read_events``: archived events as typed events, in replay order: event
   time, then stream (CONFIG, MARKET, SESSIONS, LLM, DECISIONS, DLQ: reference
   data before inputs before decisions), then broker sequence, then id.
-- ``replay_run``: a processor over them through ``processors.base.run_pure``;
-  no broker, no clock, so it derives exactly the decisions (and ids) the live
-  run derived from the same input.
+- ``replay_run``: a processor over them through the runtime's pure path
+  (``processors.runtime.run_partitioned``); no broker, no clock, so it derives
+  exactly the decisions (and ids) the live run derived from the same input.
 - ``replay_publish``: copies of archived events back onto the bus under a
   *shadow tenant*. A copy keeps type, subject, time, payload, causation and
   correlation; its tenant becomes the shadow name and its id becomes
@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 from connectors.archive.errors import QueryError
 from connectors.archive.layout import ENVELOPE_NAMES, TABLE_FOR_TYPE, quote, stream_rank_sql
 from connectors.archive.store import Archive
-from processors.base import Processor, PureRun, run_pure
+from processors.base import Processor, PureRun
+from processors.runtime import DEFAULT_PARTITIONS, run_partitioned
 from schemas import EVENT_ADAPTER, EVENT_TYPES, Event, derived_id
 from schemas.envelope import TENANT_PATTERN
 from streams.bus import Bus
@@ -162,10 +163,15 @@ def replay_run(
     start: datetime | None = None,
     end: datetime | None = None,
     tenant: str | None = None,
-) -> PureRun[S]:
-    """Run ``processor`` over its ``inputs`` from the archive, as the live runner would have."""
+    partitions: int = DEFAULT_PARTITIONS,
+) -> PureRun[None]:
+    """Run ``processor`` over its ``inputs`` from the archive exactly as the live runner folds
+    them (``processors.runtime.run_partitioned``: same state partitions, same skipping of
+    repeated ids), so it derives the decisions, with the ids, the live run derived.
+    ``partitions`` must match the runner's (``RunnerConfig.partitions``)."""
     events = read_events(archive, patterns=processor.inputs, start=start, end=end, tenant=tenant)
-    return run_pure(processor, events)
+    _, run = run_partitioned(processor, events, partitions)
+    return run
 
 
 def shadow_copy(event: Event, shadow: str) -> Event:

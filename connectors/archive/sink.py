@@ -132,6 +132,7 @@ async def run_sink(
             with contextlib.suppress(Exception):
                 await inflight.settle(stats, None, server)
         if server is not None:
+            stats.queries = server.queries
             await server.close()
     return stats
 

@@ -326,6 +326,7 @@ def replay_run_cmd(
     out_mode: Annotated[
         Literal["table", "events"], typer.Option("--out", help="table, or events: CloudEvents JSON lines.")
     ] = "table",
+    partitions: Annotated[int, typer.Option(help="State partitions: the live runner's setting.", min=1)] = 8,
     as_json: JsonOpt = False,
 ) -> None:
     """Backtest: run a processor over archived events in event-time order, with no broker."""
@@ -336,7 +337,7 @@ def replay_run_cmd(
     lo, hi = _range(start, end)
     began = time.perf_counter()
     with _open() as archive:
-        result = replay_run(archive, built, start=lo, end=hi, tenant=tenant)
+        result = replay_run(archive, built, start=lo, end=hi, tenant=tenant, partitions=partitions)
     seconds = time.perf_counter() - began
     summary = {
         "processor": built.name,
