@@ -56,11 +56,13 @@ class _Connector:
 
             return MemoryBus(urlparse(self.url).netloc or None, self.config)
         if scheme == "kafka":
-            raise InvalidArgument(
-                "the Kafka transport is not available in this version",
-                hint="use nats://... or memory://",
-            )
-        raise InvalidArgument(f"unsupported broker URL {self.url!r}", hint="use nats://host:4222 or memory://name")
+            from streams.transports.kafka import KafkaBus
+
+            return await KafkaBus(self.url, self.config).connect()
+        raise InvalidArgument(
+            f"unsupported broker URL {self.url!r}",
+            hint="use nats://host:4222, kafka://host:9092[,host2:9092] or memory://name",
+        )
 
     def __await__(self):  # type: ignore[no-untyped-def]
         return self._open().__await__()
@@ -75,5 +77,5 @@ class _Connector:
 
 
 def connect(url: str, config: BusConfig | None = None) -> _Connector:
-    """Open a bus for ``url`` (``nats://``, ``memory://NAME``); see the module docstring."""
+    """Open a bus for ``url`` (``nats://``, ``kafka://h1:9092[,h2]``, ``memory://NAME``); see the module docstring."""
     return _Connector(url, config)

