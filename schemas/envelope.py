@@ -28,6 +28,7 @@ from schemas.payloads.dlq import DeadLetter
 from schemas.payloads.llm import LlmCall
 from schemas.payloads.market import MarketTick
 from schemas.payloads.sessions import (
+    NodeBacklog,
     NodeHeartbeat,
     SessionHeartbeat,
     SessionMessage,
@@ -111,6 +112,12 @@ class NodeHeartbeatEvent(Envelope):
     type: Literal["node.heartbeat"] = "node.heartbeat"
     dataschema: Literal["spine:node.heartbeat:1"] = "spine:node.heartbeat:1"
     data: NodeHeartbeat
+
+
+class NodeBacklogEvent(Envelope):
+    type: Literal["node.backlog"] = "node.backlog"
+    dataschema: Literal["spine:node.backlog:1"] = "spine:node.backlog:1"
+    data: NodeBacklog
 
 
 class LlmCallEvent(Envelope):

@@ -15,6 +15,7 @@ from schemas.envelope import (
     Envelope,
     LlmCallEvent,
     MarketTickEvent,
+    NodeBacklogEvent,
     NodeHeartbeatEvent,
     ProviderConfigEvent,
     RouteDecisionEvent,
@@ -36,6 +37,7 @@ Event = Annotated[
     | SessionToolCallEvent
     | SessionHeartbeatEvent
     | NodeHeartbeatEvent
+    | NodeBacklogEvent
     | LlmCallEvent
     | ProviderConfigEvent
     | RouteDecisionEvent
@@ -60,6 +62,7 @@ EVENT_TYPES: dict[str, type[Envelope]] = {
     "session.tool_call": SessionToolCallEvent,
     "session.heartbeat": SessionHeartbeatEvent,
     "node.heartbeat": NodeHeartbeatEvent,
+    "node.backlog": NodeBacklogEvent,
     "llm.call": LlmCallEvent,
     "config.provider": ProviderConfigEvent,
     "decision.route": RouteDecisionEvent,
@@ -140,6 +143,8 @@ def default_subject(type_name: str, data: dict[str, Any]) -> str | None:
         return _str(data.get("session_id"))
     if type_name == "node.heartbeat":
         return _str(data.get("node_id"))
+    if type_name == "node.backlog":
+        return _str(data.get("queue"))
     if type_name == "llm.call":
         provider, model = data.get("provider"), data.get("model")
         return f"{provider}/{model}" if provider and model else None

@@ -36,6 +36,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "mem_pct": 63.5,
         "version": "0.1.0",
     },
+    "node.backlog": {"queue": "market-agents", "pending": 420, "in_flight": 12, "stream": "MARKET", "node_id": "lag-1"},
     "llm.call": {
         "provider": "openai",
         "model": "gpt-4o",

@@ -60,6 +60,7 @@ TABLE_OF_TYPE: dict[str, str] = {
     "session.tool_call": "session_tool_calls",
     "session.heartbeat": "session_heartbeats",
     "node.heartbeat": "node_heartbeats",
+    "node.backlog": "node_backlogs",
     "llm.call": "llm_calls",
     "config.provider": "provider_configs",
     "decision.route": "route_decisions",

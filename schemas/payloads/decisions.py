@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.payloads.base import Count, Id, NonEmpty, NonNegative, Payload
 
@@ -19,6 +19,9 @@ class RouteCandidate(Payload):
     model: NonEmpty
     weight: float = Field(ge=0)
     breaker: Literal["closed", "open", "half_open"] = "closed"
+    open_until: AwareDatetime | None = Field(
+        default=None, description="While open: when it may take a probe request (event time)."
+    )
     why: str = ""
 
 

@@ -1,4 +1,4 @@
-"""Coding-agent sessions and the nodes that run them (``session.*``, ``node.heartbeat``)."""
+"""Coding-agent sessions and the nodes that run them (``session.*``, ``node.heartbeat``, ``node.backlog``)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,18 @@ class NodeHeartbeat(Payload):
     cpu_pct: float | None = Field(default=None, ge=0)
     mem_pct: float | None = Field(default=None, ge=0, le=100)
     version: str | None = None
+
+
+class NodeBacklog(Payload):
+    """Pending work of a queue or consumer group, as a worker or the backlog reporter saw it.
+
+    The envelope subject is ``queue``. ``connectors.backlog`` publishes one per
+    consumer group from the broker's lag; a worker pool may publish its own
+    queue depth. The scaling processor reads the latest per queue.
+    """
+
+    queue: Id = Field(description="Consumer group or work queue name.")
+    pending: Count = Field(description="Items not yet delivered to any worker.")
+    in_flight: Count = Field(default=0, description="Items delivered and not yet acknowledged.")
+    stream: str | None = Field(default=None, description="Stream the queue reads, if one.")
+    node_id: Id | None = Field(default=None, description="Who measured it.")
