@@ -112,7 +112,12 @@ class SessionSupervisor:
     def handle(self, state: SupervisorState, event: Event) -> list[Output]:
         tenant = state.tenant(event.tenant)
         at = to_us(event.time)
-        now = at if tenant.clock_us is None else max(tenant.clock_us, at)
+        if isinstance(event, CostDecisionEvent | BudgetDecisionEvent) and tenant.clock_us is not None:
+            # Decisions come from another stream and may run ahead of the fleet's own
+            # signals; only session and node events move the liveness clock.
+            now = tenant.clock_us
+        else:
+            now = at if tenant.clock_us is None else max(tenant.clock_us, at)
         tenant.clock_us = now
         step = Step(tenant, now)
 

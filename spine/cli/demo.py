@@ -9,6 +9,7 @@ their reasons while the group carries on.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ def register(app: typer.Typer) -> None:
 
 def demo(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary.")] = False) -> None:
     """Run the end-to-end demo on the embedded broker (or SPINE_BROKER_URL)."""
+    logging.getLogger("spine.streams.dlq").setLevel(logging.ERROR)  # the demo shows its dead letters itself
     summary = run(_demo(quiet=as_json))
     summary["archive"] = run(demo_archive(summary, quiet=as_json))
     if as_json:
@@ -121,6 +123,9 @@ async def _demo(*, quiet: bool) -> dict[str, Any]:
         lag = await bus.lag(group)
         say(f"[bold]6. Lag[/bold] of group '{group}': {lag.pending} pending, {lag.ack_pending} awaiting ack")
         published = {a.stream for a in acks}
+        from spine.cli.demo_processors import demo_processors
+
+        processors_summary = await demo_processors(bus, tenant, quiet=quiet)
     say(
         "\nTry next:\n"
         "  spine streams list\n"
@@ -128,8 +133,9 @@ async def _demo(*, quiet: bool) -> dict[str, Any]:
         f"  spine consume '>' --group me --tenant {tenant} --from-start --limit 5\n"
         '  spine publish market.tick --data \'{"venue": "x", "symbol": "ETH-USD", "price": 3500}\'\n'
         "  spine broker stop\n"
-        "Not in this demo yet: processors (cost, supervisor, routing, alerting, scaling)\n"
-        "and the Kafka transport: they arrive with their own issues."
+        f"  spine cost today --by model --group cost-{tenant}-fleet --date {processors_summary['day']}\n"
+        f"  spine sessions list --group supervisor-{tenant}-fleet\n"
+        "  spine run cost    (and: spine run supervisor) to keep them running on everything"
     )
     return {
         "url": url,
@@ -139,4 +145,5 @@ async def _demo(*, quiet: bool) -> dict[str, Any]:
         "consumed": rows,
         "dead_letters": dlq_rows,
         "lag": lag.total,
+        "processors": processors_summary,
     }
