@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas import Event, make_event
+from schemas.payloads.decisions import AlertDecision, BudgetDecision, CommandDecision
+from schemas.payloads.dlq import DeadLetter
 from spine.cli._common import emit, err, out, settings
 
 _START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
@@ -142,7 +144,8 @@ async def demo_processors(bus: Any, run_tenant: str, *, quiet: bool) -> dict[str
         emit("   Nodes (supervisor)", nodes, False, columns=["node", "status", "last_heartbeat", "missed", "sessions"])
         emit("   What the policies decided (decision.command / alert / budget events on DECISIONS)", actions, False)
         for letter in illegal:
-            out.print(f"   dead-lettered: {letter.data.reason}")  # type: ignore[union-attr]
+            if isinstance(letter.data, DeadLetter):
+                out.print(f"   dead-lettered: {letter.data.reason}")
     summary |= {"day": day, "costs": costs, "sessions": sessions, "nodes": nodes, "actions": actions}
     return summary
 
@@ -179,11 +182,11 @@ async def _drive_live(bus: Any, runners: list[Any], events: list[Event]) -> None
 
 def _what(event: Event) -> dict[str, Any]:
     data = event.data
-    if event.type == "decision.command":
-        return {"subject": data.session_id, "what": f"{data.action} ({data.policy}): {data.reason}"}  # type: ignore[union-attr]
-    if event.type == "decision.alert":
-        return {"subject": data.dedup_key, "what": f"{data.status}: {data.summary}"}  # type: ignore[union-attr]
-    return {
-        "subject": data.key,
-        "what": f"{data.level} budget {data.budget}: ${data.spent_usd:.2f} of ${data.limit_usd:.2f}",
-    }  # type: ignore[union-attr]
+    if isinstance(data, CommandDecision):
+        return {"subject": data.session_id, "what": f"{data.action} ({data.policy}): {data.reason}"}
+    if isinstance(data, AlertDecision):
+        return {"subject": data.dedup_key, "what": f"{data.status}: {data.summary}"}
+    if isinstance(data, BudgetDecision):
+        what = f"{data.level} budget {data.budget}: ${data.spent_usd:.2f} of ${data.limit_usd:.2f}"
+        return {"subject": data.key, "what": what}
+    return {"subject": event.subject, "what": event.type}
