@@ -143,7 +143,7 @@ async def test_cli_sink_serves_queries_to_other_processes_and_stops_on_sigterm(
     finally:
         sink.send_signal(signal.SIGTERM)
         stdout, stderr = await asyncio.to_thread(sink.communicate, timeout=30)
-    assert sink.returncode == 0, stderr
+    assert sink.returncode == 0, f"{sink.returncode}: {stderr}"
     summary = json.loads(stdout)
     assert summary["inserted"] == 50 and summary["queries_served"] >= 2
     assert serve.read_state(path) is None

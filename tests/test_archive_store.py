@@ -279,3 +279,19 @@ def test_reports(writer: Archive) -> None:
     assert timeline["timeline"] == "started > running" and timeline["tool_errors"] == 1
     assert run_report(writer, "cost", tenant="other").num_rows == 0
     assert run_report(writer, "volume").num_rows >= 4
+
+
+def test_a_reader_with_newer_code_than_the_file_reads_what_is_there(tmp_path: Path) -> None:
+    path = archive_path(tmp_path)
+    with Archive.open(path, read_only=False) as archive:
+        archive.write([(e, None, None) for e in samples()])
+    con = duckdb.connect(str(path))  # as if made before the market.tick type existed
+    for view in ("events", "market_ticks"):
+        con.execute(f"DROP VIEW main.{view}")
+    con.execute("DROP TABLE store.market_ticks")
+    con.close()
+    with Archive.open(path) as reader:
+        assert "market_ticks" not in reader.tables() and "llm_calls" in reader.tables()
+        assert "market_ticks" not in reader.counts()
+        assert len(list(read_events(reader))) == sum(not t.startswith(("dlq.", "market.")) for t in SAMPLES)
+        assert export_parquet(reader, tmp_path / "export")

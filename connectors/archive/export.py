@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from connectors.archive.layout import TABLES, quote
+from connectors.archive.layout import quote
 from connectors.archive.store import Archive
 
 
@@ -41,7 +41,7 @@ def export_parquet(
     """Write every (type, day) in range to its own Parquet file; one day of one table in memory at a time."""
     where, params = _filters(start, end, tenant)
     written: list[ExportedFile] = []
-    for name in TABLES:
+    for name in archive.tables():
         view = f"main.{quote(name)}"
         parts = archive.sql(
             f"SELECT type, CAST(time AS DATE) AS day FROM {view} WHERE {where} GROUP BY ALL ORDER BY ALL", params

@@ -100,10 +100,15 @@ def _type_matches(pattern: list[str], type_tokens: list[str]) -> bool:
 
 
 def events_sql(
-    types: Sequence[str], start: datetime | None, end: datetime | None, tenant: str | None, exclude_tenant: str | None
+    types: Sequence[str],
+    start: datetime | None,
+    end: datetime | None,
+    tenant: str | None,
+    exclude_tenant: str | None,
+    available: Sequence[str],
 ) -> tuple[str, list[Any]]:
     """The query for ``read_events``: only the tables holding ``types``, in replay order."""
-    tables = sorted({TABLE_FOR_TYPE[t].name for t in types})
+    tables = sorted({TABLE_FOR_TYPE[t].name for t in types} & set(available))
     if not tables:
         return "SELECT NULL AS doc WHERE false", []
     where = [f"type IN ({', '.join(_literal(t) for t in types)})"]
@@ -141,7 +146,7 @@ def read_events(
 ) -> Iterator[Event]:
     """Archived events matching ``patterns`` (type space) in replay order, decoded and validated."""
     types, keyed = types_for(patterns)
-    sql, params = events_sql(types, start, end, tenant, exclude_tenant)
+    sql, params = events_sql(types, start, end, tenant, exclude_tenant, archive.tables())
     validate = EVENT_ADAPTER.validate_json
     for batch in archive.batches(sql, params):
         docs = batch.column(0).to_pylist()

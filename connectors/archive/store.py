@@ -88,6 +88,7 @@ class Archive:
         self._shared = shared  # a cursor on a writer's connection: read-only by checking statements
         self._lock = threading.Lock()
         self._scratch: DuckDBPyConnection | None = None
+        self._tables: list[str] | None = None
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
@@ -241,10 +242,19 @@ class Archive:
         finally:
             con.close()
 
+    def tables(self) -> list[str]:
+        """The per-type tables this archive has, in layout order. A reader running newer code
+        than the writer that made the file may know types the file has no table for yet."""
+        if self._tables is None:
+            found = self.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")
+            names = set(found.column(0).to_pylist())
+            self._tables = [name for name in layout.TABLES if name in names]
+        return self._tables
+
     def counts(self) -> dict[str, int]:
         """Rows per table."""
         parts = " UNION ALL ".join(
-            f"SELECT '{name}' AS name, count(*) AS n FROM main.{layout.quote(name)}" for name in layout.TABLES
+            f"SELECT '{name}' AS name, count(*) AS n FROM main.{layout.quote(name)}" for name in self.tables()
         )
         table = self.sql(parts)
         return dict(zip(table["name"].to_pylist(), table["n"].to_pylist(), strict=True))
