@@ -83,16 +83,20 @@ class KafkaBrokerState:
 class TansuBroker:
     """One ``tansu broker`` process with memory storage. ``start()`` returns once it answers."""
 
-    def __init__(self, log_dir: Path, port: int | None = None, *, detach: bool = False) -> None:
+    def __init__(
+        self, log_dir: Path, port: int | None = None, *, detach: bool = False, advertised_port: int | None = None
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.port = port or free_port()
+        # What metadata tells clients to connect to: another port when a proxy sits in front.
+        self.advertised_port = advertised_port or self.port
         self.detach = detach
         self.process: subprocess.Popen[bytes] | None = None
         self.state: KafkaBrokerState | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     @property
     def url(self) -> str:
@@ -102,11 +106,10 @@ class TansuBroker:
         binary = tansu_binary()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.log_dir / "tansu.log"
-        listener = f"tcp://{self.bootstrap}"
         args = [
             binary, "broker",
-            "--listener-url", listener,
-            "--advertised-listener-url", listener,
+            "--listener-url", f"tcp://127.0.0.1:{self.port}",
+            "--advertised-listener-url", f"tcp://{self.bootstrap}",
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
         with open(log_file, "ab") as log:
