@@ -25,6 +25,9 @@ _FACTORIES: dict[str, Factory] = {}
 _BUILTINS: dict[str, str] = {
     "cost": "processors.cost:build",
     "supervisor": "processors.supervisor:build",
+    "routing": "processors.routing:build",
+    "alerting": "processors.alerting:build",
+    "scaling": "processors.scaling:build",
 }
 
 
