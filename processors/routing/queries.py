@@ -22,7 +22,7 @@ def route_rows(
                     continue
                 for rank, candidate in enumerate(table.candidates, start=1):
                     d = t.deployments.get(candidate["deployment"])
-                    stats = d.stats(None) if d is not None else {}
+                    stats = d.stats(t.clock) if d is not None else {}
                     rows.append(
                         {
                             "tenant": t_name,

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from schemas.errors import SpineError
-from spine.cli import admin, archive, broker, cost, demo, events, run, supervision
+from spine.cli import admin, archive, broker, cost, decisions, demo, events, run, supervision
 from spine.cli._common import State, err
 
 app = typer.Typer(
@@ -53,6 +53,7 @@ demo.register(app)
 archive.register(app)
 run.register(app)
 cost.register(app)
+decisions.register(app)
 supervision.register(app)
 
 
