@@ -68,8 +68,9 @@ class RollingCounts(_Buckets):
             bucket = self.data[idx] = {}
         totals = self.totals
         for key, value in counts.items():
-            bucket[key] = bucket.get(key, 0) + value
-            totals[key] = totals.get(key, 0) + value
+            if value:
+                bucket[key] = bucket.get(key, 0) + value
+                totals[key] = totals.get(key, 0) + value
         return True
 
     def expire(self, now: float) -> None:
@@ -88,7 +89,7 @@ class RollingCounts(_Buckets):
         totals = self.totals
         for idx in old:
             for key, value in self.data.pop(idx).items():
-                left = totals[key] - value
+                left = totals.get(key, 0) - value
                 if left == 0:
                     del totals[key]
                 else:

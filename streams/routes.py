@@ -13,12 +13,14 @@ per (tenant, model group) in memory. No litellm, no processor imports::
 ``choose`` is stable per key: the same key gets the same deployment while the
 table stays the same, and when weights change only the keys whose share moved
 change deployment (weighted rendezvous hashing). For ``weighted`` tables the
-weights are shares of traffic; for ordered strategies (cheapest,
-lowest_latency, fallback) a candidate takes a key with probability equal to
-its weight (1 when healthy, less under 429 pressure or while half-open) and
-passes the rest down the list. When every candidate is open, the one whose
-``open_until`` passed first gets the key as a probe (so a single-deployment
-group recovers); before that, ``choose`` returns None.
+weights are shares of traffic; they sum to less than 1 only when every
+deployment is throttled (429s, half-open), and the keys of the shortfall get
+None (shed). For ordered strategies (cheapest, lowest_latency, fallback) a
+candidate takes a key with probability equal to its weight (1 when healthy,
+less under 429 pressure or while half-open) and passes the rest down the
+list; a key every candidate declines gets None. When every candidate is
+open, the one whose ``open_until`` passed first gets the key as a probe (so a
+single-deployment group recovers); before that, ``choose`` returns None.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from streams.bus import Bus, Record
 log = logging.getLogger("spine.streams.routes")
 
 _ORDERED = ("cheapest", "lowest_latency", "fallback")
+_FULL = 0.999  # weights are rounded to 4 places: a sum this close to 1 is everything
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,9 @@ def choose(decision: RouteDecision, key: str, now: datetime | None = None) -> Ro
             for candidate in live:
                 if candidate.weight >= 1 or unit(key, candidate.deployment) < candidate.weight:
                     return candidate
-            return live[0]
+            return None  # every candidate is throttled and declined this key
+        if sum(c.weight for c in live) < _FULL and unit(key, "\x00shed") >= sum(c.weight for c in live):
+            return None  # every deployment is throttled: this key is part of the shortfall
         # weighted rendezvous: the highest w / -ln(u) wins, so shares follow the weights
         return max(live, key=lambda c: (c.weight / -math.log(unit(key, c.deployment)), c.deployment))
     return probe(decision, now)

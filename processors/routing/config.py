@@ -136,7 +136,7 @@ class RoutingConfig(_Config):
         gt=0,
         le=10,
         description="A deployment overtakes another in a cheapest/lowest_latency ranking only when it is better "
-        "by about this fraction (figures are compared in log buckets of this width).",
+        "by more than this fraction (hysteresis: no flapping between two similar deployments).",
     )
     min_samples: int = Field(
         default=5, ge=1, le=1_000_000, description="Calls in the window before latency and cost figures rank."

@@ -87,9 +87,10 @@ class Router:
     def handle(self, state: RoutingState, event: Event) -> list[Output]:
         if not isinstance(event, LlmCallEvent | ProviderConfigEvent):
             return []
+        changed: dict[str, list[str]] = {}
         t = state.tenants.get(event.tenant)
         if t is None:
-            t = state.tenants[event.tenant] = self._new_tenant()
+            t = state.tenants[event.tenant] = self._new_tenant(changed)
         ts = event.time.timestamp()
         if isinstance(event, LlmCallEvent) and t.clock is not None and ts < t.clock - self.config.allowed_lateness_s:
             t.late += 1
@@ -102,7 +103,6 @@ class Router:
             ]
         if t.clock is None or ts > t.clock:
             t.clock = ts
-        changed: dict[str, list[str]] = {}
         self._wake(t, changed)
         if isinstance(event, ProviderConfigEvent):
             self._configure(t, event.data, "event", changed)
@@ -110,11 +110,13 @@ class Router:
             self._call(t, event.data, ts, changed)
         return self._rebuild(t, changed)
 
-    def _new_tenant(self) -> TenantRouting:
+    def _new_tenant(self, changed: dict[str, list[str]]) -> TenantRouting:
+        """A tenant seen for the first time starts with the configured deployments (and their tables)."""
         t = TenantRouting()
         for spec in self.config.deployments:
             if spec.enabled:
                 t.deployments[spec.deployment] = self._deployment(spec, "config")
+                changed.setdefault(spec.model_group, []).append(f"{spec.deployment} configured")
         t.reindex()
         return t
 
@@ -320,8 +322,11 @@ class Router:
         dead = [d for d in ranked if d.breaker.state == "open"]
         factors = {d.name: self._factor(d) for d in ranked}
         if strategy == "weighted":
+            # Deployments at full strength absorb what throttled ones (429s, half-open) give up; when
+            # none is, the shares sum to less than 1 and the route client sheds the rest.
             raw = {d.name: d.spec.weight * factors[d.name] for d in ranked}
-            total = sum(raw.values())
+            spare = any(factors[d.name] >= 1 and d.spec.weight > 0 for d in live)
+            total = sum(raw.values()) if spare else sum(d.spec.weight for d in live)
             weights = {n: round(w / total, 4) if total > 0 else 0.0 for n, w in raw.items()}
         else:
             weights = {n: round(f, 4) for n, f in factors.items()}
@@ -368,15 +373,26 @@ class Router:
             kept = [n for n in previous if any(d.name == n for d in members)]
             return kept + [d.name for d in static if d.name not in kept]
         t.next_rank[group] = (math.floor(now / interval) + 1) * interval
-        position = {n: i for i, n in enumerate(previous)}
-        width = math.log1p(self.config.switch_margin)
-
-        def key(d: Deployment) -> tuple[int, int, int, int, str]:
-            figure = self._figure(d, strategy, stats[d.name])
-            bucket = math.floor(math.log(figure) / width) if figure is not None and figure > 0 else 0
-            return (figure is None, bucket, position.get(d.name, len(position)), d.spec.priority, d.name)
-
-        return [d.name for d in sorted(members, key=key)]
+        figures = {d.name: self._figure(d, strategy, stats[d.name]) for d in members}
+        known = [n for n in previous if n in figures]
+        fresh = sorted(
+            (d for d in members if d.name not in known),
+            key=lambda d: (figures[d.name] is None, figures[d.name] or 0.0, d.spec.priority, d.name),
+        )
+        order = known + [d.name for d in fresh]
+        # Adjacent swaps only when the one behind is better by more than the margin: a deployment
+        # overtakes another on a clear difference, never on noise. Each swap removes one such
+        # inversion and creates none, so this ends.
+        margin = 1 + self.config.switch_margin
+        swapped = True
+        while swapped:
+            swapped = False
+            for i in range(len(order) - 1):
+                ahead, behind = figures[order[i]], figures[order[i + 1]]
+                if behind is not None and (ahead is None or behind * margin < ahead):
+                    order[i], order[i + 1] = order[i + 1], order[i]
+                    swapped = True
+        return order
 
     def _figure(self, d: Deployment, strategy: str, stats: dict[str, Any]) -> float | None:
         """What a ranked strategy compares: USD per 1k tokens, or p50 latency in ms."""
