@@ -272,10 +272,11 @@ class Alerter:
         elif isinstance(event, SessionStateEvent | SessionHeartbeatEvent):
             info.node = event.data.node_id or info.node
             state = event.data.state
-            # A repeated report of the same state keeps its start (idle time counts from going idle).
+            # A repeated report of the same state is no news: idle time counts from going idle.
             if state is not None and state != info.state and ts >= info.state_ts:
                 info.state, info.state_ts = state, ts
-        if not isinstance(event, SessionHeartbeatEvent):
+                info.activity_ts = max(info.activity_ts, ts)
+        else:  # a message or a tool call: the session is doing something
             info.activity_ts = max(info.activity_ts, ts)
         for rule in self._sessions:
             self._judge(t, rule, f"{rule.name}/{sid}", out)
