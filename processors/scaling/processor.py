@@ -14,7 +14,10 @@ workload judged at once; every ``evaluation_interval_s`` every workload is
 judged, like the HPA's sync loop:
 
 1. each signal with data proposes ``ceil(metric / target_per_replica)``, or
-   the current count while ``|ratio - 1| <= tolerance``; the highest wins;
+   the current count while ``|ratio - 1| <= tolerance``; the highest wins.
+   No signal with fresh data: hold the current count (the HPA does the same
+   on missing metrics); a workload with floor rules only starts from
+   ``min_replicas``;
 2. active floor rules raise it to their ``min_replicas``; then it is clamped
    to ``min_replicas..max_replicas``;
 3. above the current count: scale up at once (after ``scale_up_cooldown_s``);
@@ -233,7 +236,12 @@ class Scaler:
     def _judge(self, w: Workload, ws: WorkloadState, state: ScalingState, now: float) -> ScaleDecision | None:
         current = ws.current
         signals: dict[str, float] = {}
-        rec, driver, why = current, "hold", "no signal asks for a change"
+        # With signals but no data, hold (as the HPA does on missing metrics); a workload scaled by
+        # floor rules alone rests at min_replicas when no floor is in force.
+        if w.signals:
+            rec, driver, why = current, "hold", "no signal has fresh data: holding"
+        else:
+            rec, driver, why = w.min_replicas, "min_replicas", f"no floor in force: min_replicas {w.min_replicas}"
         best: tuple[int, str, str] | None = None
         for s in w.signals:
             metric = self._metric(s, ws, state, w, now)
