@@ -62,7 +62,13 @@ def _processor() -> CostProcessor:
     return CostProcessor(CostConfig(prices=PRICES, budgets=BUDGETS, update_step_usd=0.01))
 
 
-def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(nats_server: NatsServer, tmp_path: Path) -> None:
+def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(tmp_path: Path) -> None:
+    # A broker of its own: the runner reads every tenant, so other tests' events must not be there.
+    with NatsServer(tmp_path / "nats") as nats_server:
+        _crash_and_check(nats_server, tmp_path)
+
+
+def _crash_and_check(nats_server: NatsServer, tmp_path: Path) -> None:
     tenant = f"crash-{uuid.uuid4().hex[:8]}"
     group = f"cost-{uuid.uuid4().hex[:8]}"
     config = tmp_path / "processors.toml"

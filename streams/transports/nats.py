@@ -4,8 +4,9 @@
   entry; ``Nats-Msg-Id`` = event id so the broker drops duplicates within the
   stream's duplicate window.
 - ``publish`` waits for the JetStream ack; ``publish_many`` pipelines async
-  publishes and then awaits every ack.
-- A consumer group is a durable pull consumer per stream. The server's
+  publishes (a sliding window of unacked ones) and returns every ack.
+- A consumer group is a durable pull consumer per stream, fetched in batches
+  by ``_Puller`` (one wake-up per batch, not per message). The server's
   ``max_deliver`` is one more than ours: the extra delivery is the one this
   client turns into a ``dlq.max_deliver`` dead letter, then terms. Undecodable
   payloads are dead-lettered on receipt and never reach the handler.
@@ -21,13 +22,15 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
@@ -145,6 +148,163 @@ class _NatsCheckpoints:
         return sorted(k for k in keys if k.startswith(prefix))
 
 
+class _AckInbox:
+    """The acks of one ``publish_many``: nats-py's ``publish_async``, minus its per-message costs.
+
+    For every message ``publish_async`` draws random bytes for a token, builds a
+    future with a done callback and parses the ack with the stdlib ``json`` and
+    a dataclass: more than encoding the event costs. Here publish ``i`` replies
+    to ``<inbox>.<i>`` and the inbox callback writes its ack into a list.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox() + "."
+        self._sub: Subscription | None = None
+        self._acks: list[PublishAck | None] = []  # by publish index
+        self.waiting: dict[int, Event] = {}  # sent, no ack yet
+        self.failed: dict[int, Event] = {}  # to retry alone (an error reply, or no reply in time)
+        self.progress = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    def expect(self, event: Event) -> str:
+        """Register the next publish; returns its reply subject."""
+        index = len(self._acks)
+        self._acks.append(None)
+        self.waiting[index] = event
+        return f"{self._prefix}{index}"
+
+    def settle(self, index: int, ack: PublishAck) -> None:
+        self._acks[index] = ack
+
+    def acks(self) -> list[PublishAck]:
+        if self.waiting or self.failed:
+            raise AssertionError("publish_many returned with unsettled publishes")
+        return cast("list[PublishAck]", self._acks)  # every slot is settled
+
+    async def _on_ack(self, msg: Msg) -> None:
+        index = int(msg.subject[len(self._prefix) :])
+        event = self.waiting.pop(index, None)
+        if event is None:
+            return  # a late ack of a publish that was retried
+        ack = _pub_ack(msg)
+        if ack is None:
+            self.failed[index] = event
+        else:
+            self._acks[index] = ack
+        self.progress.set()
+
+
+def _pub_ack(msg: Msg) -> PublishAck | None:
+    """The broker's ack, or None for an error reply (no stream, a JetStream error)."""
+    if msg.headers and msg.headers.get(api.Header.STATUS):
+        return None
+    try:
+        doc = orjson.loads(msg.data)
+        return PublishAck(doc["stream"], doc["seq"], bool(doc.get("duplicate")))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None  # {"error": {...}} has no stream
+
+
+class _Puller:
+    """One group member's pull requests to a durable consumer: nats-py's fetch, minus its per-message tasks.
+
+    ``PullSubscription.fetch`` waits for each message with ``next_msg``, which
+    starts two asyncio tasks per message (about 40 us, as much as the rest of a
+    delivery). Here the inbox callback appends to a deque and wakes ``fetch``
+    once per batch. The protocol is nats-py's: a ``no_wait`` request first
+    (whatever is there now), and only if that brings nothing, one that lingers
+    until the batch fills or it expires. Each request has its own reply
+    subject, so a late status of an abandoned request is ignored, while its
+    late messages are kept for the next fetch (they count as delivered and
+    would otherwise sit out ``ack_wait``).
+    """
+
+    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+        self._nc = nc
+        self._next = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._msgs: deque[Msg] = deque()
+        self._requests = 0
+        self._reply = ""
+        self._want = 0
+        self._ended: Msg | None = None  # the status that ended the current request
+        self._wake = asyncio.Event()
+
+    async def start(self) -> Self:
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        return self
+
+    async def unsubscribe(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = msg.headers.get(api.Header.STATUS) if msg.headers else None
+        if not status:
+            self._msgs.append(msg)
+            if len(self._msgs) >= self._want:
+                self._wake.set()
+        elif msg.subject == self._reply and status != api.StatusCode.CONTROL_MESSAGE:
+            self._ended = msg
+            self._wake.set()
+
+    async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
+        """Up to ``batch`` messages; ``[]`` if none arrived within ``wait_s`` seconds."""
+        if not self._msgs:
+            deadline = asyncio.get_running_loop().time() + wait_s
+            await self._request(batch, deadline, no_wait=True)
+            if not self._msgs:
+                await self._request(batch, deadline, no_wait=False)
+        return [self._msgs.popleft() for _ in range(min(batch, len(self._msgs)))]
+
+    def _take_ended(self) -> Msg | None:
+        ended, self._ended = self._ended, None
+        return ended
+
+    async def _request(self, batch: int, deadline: float, *, no_wait: bool) -> None:
+        """Ask for ``batch`` messages; return once they are here, the request ends, or at ``deadline``."""
+        expires = int((deadline - asyncio.get_running_loop().time()) * 1e9) - 100_000
+        if expires <= 0:
+            return
+        self._requests += 1
+        self._reply = f"{self._inbox}.{self._requests}"
+        self._want = batch
+        self._ended = None
+        self._wake.clear()
+        request: dict[str, Any] = {"batch": batch, "expires": expires}
+        if no_wait:
+            request["no_wait"] = True
+        await self._nc.publish(self._next, orjson.dumps(request), reply=self._reply)
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
+            ended = self._take_ended()
+            if ended is None:
+                return  # the batch is here
+            status = (ended.headers or {}).get(api.Header.STATUS)
+            if status in (api.StatusCode.NO_MESSAGES, api.StatusCode.REQUEST_TIMEOUT):
+                return  # the server has nothing more for this request
+            if status != api.StatusCode.CONFLICT:
+                raise nats.js.errors.APIError.from_msg(ended)
+            # 409 (leadership change, max waiting, ...) is transient, as in nats-py: keep waiting.
+            if len(self._msgs) >= self._want:
+                return
+            self._wake.clear()
+
+
 class NatsDelivery:
     """A JetStream message handed to one group member."""
 
@@ -200,6 +360,7 @@ class NatsBus:
                     # Fail fast on the first connect (our loop retries with backoff and a
                     # clear error); once connected, reconnect forever (enabled below).
                     allow_reconnect=False,
+                    max_reconnect_attempts=1,  # nats-py also retries inside the first connect
                     reconnect_time_wait=0.5,
                     disconnected_cb=self._on_disconnect,
                     reconnected_cb=self._on_reconnect,
@@ -249,6 +410,12 @@ class NatsBus:
                 await self._nc.drain()
         self._nc = None
         self._js = None
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise BrokerUnavailable("the bus is not connected", hint="use `async with streams.connect(url) as bus:`")
+        return self._nc
 
     @property
     def js(self) -> JetStreamContext:
@@ -340,37 +507,51 @@ class NatsBus:
     async def publish_many(self, events: Iterable[Event]) -> list[PublishAck]:
         """Pipeline publishes, at most ``publish_window`` unacked at a time; return every ack in order.
 
-        The window slides: each new publish waits only for the oldest ack, so
-        the broker never idles between windows.
+        The window slides (each publish waits only for room, not for a whole
+        window to drain). A publish whose ack is an error, or that gets no ack
+        within ``publish_timeout_s`` (lost across a reconnect), is retried
+        alone with ``publish``: the ``Nats-Msg-Id`` makes that safe.
         """
-        js = self.js
+        nc = self.nc
         window = self.config.publish_window
-        in_flight: deque[tuple[Event, asyncio.Future[api.PubAck]]] = deque()
-        acks: list[PublishAck] = []
         try:
-            for event in events:
-                subject = _subject(event.tenant, event.type, event.subject)
-                future = await js.publish_async(subject, encode(event), headers=_headers(event))
-                in_flight.append((event, future))
-                if len(in_flight) >= window:
-                    acks.append(await self._settle(*in_flight.popleft()))
-            while in_flight:
-                acks.append(await self._settle(*in_flight.popleft()))
+            async with _AckInbox(nc) as inbox:
+                for event in events:
+                    reply = inbox.expect(event)
+                    await nc.publish(
+                        _subject(event.tenant, event.type, event.subject),
+                        encode(event),
+                        reply=reply,
+                        headers=_headers(event),
+                    )
+                    if len(inbox.waiting) >= window:
+                        await self._settle(inbox, window - 1)
+                await self._settle(inbox, 0)
         except nats.errors.Error as exc:
             raise _translate(exc, "batched publish") from exc
-        return acks
+        return inbox.acks()
 
-    async def _settle(self, event: Event, future: asyncio.Future[api.PubAck]) -> PublishAck:
-        if not future.done():
-            # wait() rather than await: a failed or cancelled publish is retried below, not raised here.
-            await asyncio.wait((future,))
-        if future.cancelled() or future.exception() is not None:
-            return await self.publish(event)  # retry alone; dedup makes it safe
-        result = future.result()
-        return PublishAck(result.stream, result.seq, bool(result.duplicate))
+    async def _settle(self, inbox: _AckInbox, most: int) -> None:
+        """Wait until at most ``most`` publishes are unacked, retrying failed and overdue ones alone."""
+        while True:
+            while inbox.failed:
+                index, event = inbox.failed.popitem()
+                inbox.settle(index, await self.publish(event))
+            if len(inbox.waiting) <= most:
+                return
+            inbox.progress.clear()
+            try:
+                async with asyncio.timeout(self.config.publish_timeout_s):
+                    await inbox.progress.wait()
+            except TimeoutError:
+                log.warning(
+                    "no ack for %d publishes in %.0fs; retrying them", len(inbox.waiting), self.config.publish_timeout_s
+                )
+                inbox.failed.update(inbox.waiting)
+                inbox.waiting.clear()
 
     # -- consume -------------------------------------------------------------------
-    async def _bind(self, spec: StreamSpec, group: str, flt: str, start: StartAt) -> JetStreamContext.PullSubscription:
+    async def _bind(self, spec: StreamSpec, group: str, flt: str, start: StartAt) -> _Puller:
         cfg = api.ConsumerConfig(
             durable_name=group,
             name=group,
@@ -392,7 +573,7 @@ class NatsBus:
             except nats.js.errors.NotFoundError:
                 pass
             await self.js.add_consumer(spec.name, config=cfg)
-            return await self.js.pull_subscribe_bind(durable=group, stream=spec.name)
+            return await _Puller(self.nc, spec.name, group).start()
         except (nats.errors.Error, TimeoutError) as exc:
             raise _translate(exc, f"joining group {group} on {spec.name}") from exc
 
@@ -424,12 +605,10 @@ class NatsBus:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
-    async def _merge(
-        self, subs: list[tuple[str, JetStreamContext.PullSubscription]], group: str
-    ) -> AsyncIterator[NatsDelivery]:
+    async def _merge(self, subs: list[tuple[str, _Puller]], group: str) -> AsyncIterator[NatsDelivery]:
         queue: asyncio.Queue[list[NatsDelivery] | BaseException] = asyncio.Queue(maxsize=len(subs))
 
-        async def pull(name: str, sub: JetStreamContext.PullSubscription) -> None:
+        async def pull(name: str, sub: _Puller) -> None:
             try:
                 while True:
                     batch = await self._fetch(name, group, sub)
@@ -451,11 +630,9 @@ class NatsBus:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _fetch(self, stream: str, group: str, sub: JetStreamContext.PullSubscription) -> list[NatsDelivery]:
+    async def _fetch(self, stream: str, group: str, sub: _Puller) -> list[NatsDelivery]:
         try:
-            msgs = await sub.fetch(self.config.fetch_batch, timeout=_FETCH_WAIT_S)
-        except nats.errors.TimeoutError:
-            return []
+            msgs = await sub.fetch(self.config.fetch_batch, _FETCH_WAIT_S)
         except (nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError) as exc:
             log.warning("fetch from %s paused: %s; retrying", stream, exc)
             await asyncio.sleep(0.5)
