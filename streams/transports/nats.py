@@ -730,7 +730,7 @@ class NatsBus:
             while True:
                 try:
                     msgs = await sub.fetch(self.config.fetch_batch, timeout=_FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats' TimeoutError, or asyncio's that fetch() also raises
                     return  # nothing left that matches
                 for msg in msgs:
                     meta = msg.metadata
@@ -778,7 +778,7 @@ class NatsBus:
                         raise _translate(exc, f"following {spec.name}") from exc
                 try:
                     msgs = await sub.fetch(self.config.fetch_batch, timeout=_FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats' TimeoutError, or asyncio's that fetch() also raises
                     continue
                 except (nats.errors.Error, nats.js.errors.Error) as exc:
                     log.warning("follow %s: %s; reopening at seq %d", spec.name, exc, position + 1)
