@@ -120,7 +120,8 @@ class RouteClient:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._caught_up = asyncio.Event()
-        self.seen = 0
+        self.seen = 0  # tables applied
+        self.errors = 0  # times following failed and resumed
 
     async def start(self) -> Self:
         """Start following in the background (``ready`` waits until the stored tables are read)."""
@@ -150,18 +151,31 @@ class RouteClient:
         finally:
             waiter.cancel()
         if not self._caught_up.is_set() and self._task.done():
-            self._task.result()  # the follower failed: raise its error
+            self._task.result()  # the follower ended: raise why
 
     async def _follow(self) -> None:
-        # Catch up with a replay (it ends), then follow from where it stopped.
+        # Catch up with a replay (it ends), then follow from where it stopped. A broker hiccup
+        # must not leave a gateway with a stale table: resume from the last position after it.
         after: dict[int, int] = {}
-        async for record in self.bus.replay("DECISIONS", pattern="decision.route", tenant=self.tenant):
-            self._apply(record)
-            after[record.partition] = max(after.get(record.partition, 0), record.seq)
-        self._caught_up.set()
-        async for item in self.bus.follow("DECISIONS", after=after, pattern="decision.route", tenant=self.tenant):
-            if isinstance(item, Record):
-                self._apply(item)
+        while True:
+            try:
+                if not self._caught_up.is_set():
+                    async for record in self.bus.replay("DECISIONS", pattern="decision.route", tenant=self.tenant):
+                        self._apply(record)
+                        after[record.partition] = max(after.get(record.partition, 0), record.seq)
+                    self._caught_up.set()
+                async for item in self.bus.follow(
+                    "DECISIONS", after=after, pattern="decision.route", tenant=self.tenant
+                ):
+                    after[item.partition] = max(after.get(item.partition, 0), item.seq)
+                    if isinstance(item, Record):
+                        self._apply(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.errors += 1
+                log.warning("route client: following DECISIONS failed (%s: %s); resuming", type(exc).__name__, exc)
+                await asyncio.sleep(min(0.05 * 2**self.errors, 2.0))
 
     def _apply(self, record: Record) -> None:
         event = record.event

@@ -149,7 +149,13 @@ class ErrorRateRule(_Rule):
     match: str = Field(default="*", description="Glob on the provider / 'provider/model' / deployment.")
     window_s: float = Field(default=300.0, gt=0, le=_DAY_S, description="Window (event time).")
     buckets: int = Field(default=30, ge=1, le=3600, description="Window resolution.")
-    min_requests: int = Field(default=20, ge=1, le=10_000_000, description="Calls needed in the window to judge.")
+    min_requests: int = Field(
+        default=20,
+        ge=1,
+        le=10_000_000,
+        description="Calls needed in the window to fire (a firing alert is judged "
+        "on the calls there are, and resolves when none is left).",
+    )
     threshold: float = Field(gt=0, le=1, description="Fire when the error share reaches this.")
     resolve_below: float | None = Field(
         default=None, gt=0, le=1, description="Resolve when the share falls below this (default: threshold)."

@@ -401,7 +401,9 @@ class Alerter:
         n = counts.total("n") if counts is not None else 0
         errors = counts.total("err") if counts is not None else 0
         span = _span(rule.window_s)
-        if n < rule.min_requests:
+        # min_requests guards the fire; a firing alert is judged on the calls there are (it resolves
+        # on evidence, or once no call is left in the window, not because traffic thinned out).
+        if n == 0 or (n < rule.min_requests and not firing):
             return Check(False, None, f"{what}: {n:.0f} calls in {span}, too few to judge", labels)
         share = errors / n
         bound = rule.resolve_below if firing and rule.resolve_below is not None else rule.threshold

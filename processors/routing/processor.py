@@ -213,9 +213,8 @@ class Router:
                 changed.setdefault(group, []).append(why)
         factor = self._rl_factor(d, now)
         if factor != d.rl_factor:
-            changed.setdefault(group, []).append(
-                f"{d.name} weight x{factor:g} (429s {self._share(d, 'e:rate_limit'):.0%})"
-            )
+            d.rl_factor = factor
+            changed.setdefault(group, []).append(self._weight_note(d))
         if cfg.strategy(group) in _RANKED and now >= t.next_rank.get(group, -math.inf):
             changed.setdefault(group, [])
 
@@ -313,8 +312,13 @@ class Router:
             return None
         strategy = self.config.strategy(group)
         stats = {d.name: d.stats(now) for d in members}
-        for d in members:
-            d.rl_factor = self._rl_factor(d, now)
+        notes = [reason] if reason else []
+        for d in members:  # the window moved on: 429s may have left it (or entered it) since the last call
+            factor = self._rl_factor(d, now)
+            if factor != d.rl_factor:
+                d.rl_factor = factor
+                notes.append(self._weight_note(d))
+        reason = "; ".join(notes)
         order = self._rank(t, group, strategy, members, stats, old)
         by_name = {d.name: d for d in members}
         ranked = [by_name[n] for n in order]
@@ -344,6 +348,11 @@ class Router:
             }
             candidates.append(candidate)
         return Table(0, strategy, candidates, order, reason or "re-ranked", now)
+
+    def _weight_note(self, d: Deployment) -> str:
+        if d.rl_factor >= 1:
+            return f"{d.name} weight back to x1 (429 pressure over)"
+        return f"{d.name} weight x{d.rl_factor:g} (429s {self._share(d, 'e:rate_limit'):.0%})"
 
     def _factor(self, d: Deployment) -> float:
         state = d.breaker.state

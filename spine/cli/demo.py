@@ -126,6 +126,9 @@ async def _demo(*, quiet: bool) -> dict[str, Any]:
         from spine.cli.demo_processors import demo_processors
 
         processors_summary = await demo_processors(bus, tenant, quiet=quiet)
+        from spine.cli.demo_decisions import demo_decisions
+
+        decisions_summary = await demo_decisions(bus, tenant, quiet=quiet)
     say(
         "\nTry next:\n"
         "  spine streams list\n"
@@ -135,6 +138,7 @@ async def _demo(*, quiet: bool) -> dict[str, Any]:
         "  spine broker stop\n"
         f"  spine cost today --by model --group cost-{tenant}-fleet --date {processors_summary['day']}\n"
         f"  spine sessions list --group supervisor-{tenant}-fleet\n"
+        f"  spine routes --group routing-ops-{tenant}    (and: spine alerts --open --tenant ops-{tenant})\n"
         "  spine run cost    (and: spine run supervisor) to keep them running on everything"
     )
     return {
@@ -146,4 +150,5 @@ async def _demo(*, quiet: bool) -> dict[str, Any]:
         "dead_letters": dlq_rows,
         "lag": lag.total,
         "processors": processors_summary,
+        "decisions": decisions_summary,
     }
