@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from connectors.archive.export import ExportedFile, export_parquet
     from connectors.archive.replay import parse_time, read_events, replay_publish, replay_run, shadow_copy
     from connectors.archive.reports import REPORTS, run_report
-    from connectors.archive.sink import SinkStats, run_sink
+    from connectors.archive.sink import SinkStats, run_sink, sink_bus_config
     from connectors.archive.store import Archive, WriteResult
 
 _EXPORTS = {
@@ -45,6 +45,7 @@ _EXPORTS = {
     "run_report": "reports",
     "SinkStats": "sink",
     "run_sink": "sink",
+    "sink_bus_config": "sink",
 }
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "run_report",
     "run_sink",
     "shadow_copy",
+    "sink_bus_config",
 ]
 
 

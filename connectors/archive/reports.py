@@ -44,7 +44,7 @@ REPORTS: dict[str, Report] = {
             "Cost by model by day",
             "LLM spend, calls and tokens per provider/model per UTC day (unpriced: calls without cost_usd).",
             """
-SELECT CAST(time AS DATE) AS day, provider, model,
+SELECT utc_day(time) AS day, provider, model,
        count(*) AS calls,
        CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
        CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
@@ -116,7 +116,7 @@ GROUP BY ALL ORDER BY letters DESC, kind
             "Events by day and type",
             "How many events of each type were archived per UTC day.",
             """
-SELECT CAST(time AS DATE) AS day, type, count(*) AS events, count(DISTINCT tenant) AS tenants
+SELECT utc_day(time) AS day, type, count(*) AS events, count(DISTINCT tenant) AS tenants
 FROM events WHERE {where}
 GROUP BY ALL ORDER BY day, events DESC, type
 """,

@@ -17,9 +17,9 @@ never duplicate rows. A write that fails stops the sink with the error and
 acks nothing. On ``stop`` the sink leaves the group's subscriptions, commits
 what it already holds, acks it and returns.
 
-Keep ``batch_size`` at most half the broker's ack window (NATS
-``max_ack_pending``, 2048 with the default settings): one batch is being
-written while the next one fills.
+Up to four batches are unacked at once (one being written, one filling, two
+fetched ahead), so the broker's ack window must hold them or batches commit
+part-full after ``max_wait_s``: open the sink's bus with ``sink_bus_config``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import Any
 from connectors.archive.serve import QueryServer
 from connectors.archive.store import Archive, WriteResult
 from streams.bus import Bus, Delivery
+from streams.config import BusConfig
 from streams.errors import StreamError
 
 log = logging.getLogger("spine.archive.sink")
@@ -78,12 +79,19 @@ class SinkStats:
         }
 
 
+def sink_bus_config(config: BusConfig, batch_size: int) -> BusConfig:
+    """``config`` with an ack window for four batches: the NATS and Kafka transports allow
+    ``8 * fetch_batch`` unacked deliveries per consumer."""
+    fetch = min(10_000, max(config.fetch_batch, -(-batch_size // 2)))
+    return config.model_copy(update={"fetch_batch": fetch})
+
+
 async def run_sink(
     bus: Bus,
     archive: Archive,
     *,
     stop: asyncio.Event,
-    batch_size: int = 1000,
+    batch_size: int = 5000,
     max_wait_s: float = 1.0,
     on_batch: OnBatch | None = None,
     group: str = "archive",

@@ -153,20 +153,20 @@ class Archive:
         """Store a batch in one transaction; ids already archived are skipped."""
         if self.mode != "write" or self._con is None:
             raise ArchiveError(f"{self.path} is open read-only", hint="the sink opens it with read_only=False")
-        batches, _ = build(items)
+        table, parts = build(items)
         inserted: dict[str, int] = {}
         with self._lock:
             con = self._con
             try:
                 con.execute("BEGIN TRANSACTION")
-                for batch in batches:
-                    con.register(_BATCH, batch.table)
-                    try:
-                        row = con.execute(_INSERT[batch.spec.name], batch.spec.dedup_params(batch.lo, batch.hi))
-                        count = row.fetchone()
-                    finally:
-                        con.unregister(_BATCH)
-                    inserted[batch.spec.name] = int(count[0]) if count else 0
+                con.register(_BATCH, table)
+                try:
+                    for part in parts:
+                        params = part.spec.dedup_params(part.lo, part.hi)
+                        count = con.execute(_INSERT[part.spec.name], params).fetchone()
+                        inserted[part.spec.name] = int(count[0]) if count else 0
+                finally:
+                    con.unregister(_BATCH)
                 con.execute("COMMIT")
             except duckdb.Error as exc:
                 with contextlib.suppress(duckdb.Error):  # the failed statement may have ended it

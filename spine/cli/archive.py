@@ -97,9 +97,10 @@ async def _sink(
     quiet: bool,
 ) -> dict[str, Any]:
     import streams
-    from connectors.archive import Archive, SinkStats, run_sink
+    from connectors.archive import Archive, SinkStats, run_sink, sink_bus_config
 
     cfg = settings()
+    batch = batch_size or cfg.archive.batch_size
     archive = await asyncio.to_thread(Archive.open, path, read_only=False, lock_timeout_s=cfg.archive.lock_timeout_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,12 +132,12 @@ async def _sink(
         err.print(f"[dim]archiving {url} into {path} as group '{cfg.archive.group}'; Ctrl-C stops[/dim]")
     idle = asyncio.create_task(watchdog())
     try:
-        async with streams.connect(url, cfg.bus) as bus:
+        async with streams.connect(url, sink_bus_config(cfg.bus, batch)) as bus:
             stats = await run_sink(
                 bus,
                 archive,
                 stop=stop,
-                batch_size=batch_size or cfg.archive.batch_size,
+                batch_size=batch,
                 max_wait_s=max_wait or cfg.archive.max_wait_s,
                 on_batch=progress,
                 group=cfg.archive.group,
@@ -322,7 +323,9 @@ def replay_run_cmd(
     start: FromOpt = None,
     end: ToOpt = None,
     tenant: TenantOpt = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Processor config (TOML, YAML or JSON).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Processors config file (TOML/YAML): its [NAME] table.")
+    ] = None,
     out_mode: Annotated[
         Literal["table", "events"], typer.Option("--out", help="table, or events: CloudEvents JSON lines.")
     ] = "table",
@@ -333,7 +336,7 @@ def replay_run_cmd(
     from connectors.archive import replay_run
     from schemas import encode
 
-    built = _build_processor(processor, _load_config(config))
+    built = _build_processor(processor, config)
     lo, hi = _range(start, end)
     began = time.perf_counter()
     with _open() as archive:
@@ -376,35 +379,24 @@ def replay_run_cmd(
     )
 
 
-def _load_config(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    if path.suffix == ".json":
-        try:
-            doc = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise UsageError(f"cannot read processor config {path}: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise UsageError(f"processor config {path} must hold an object at the top")
-        return doc
-    from spine.settings import load_config_file
-
-    return load_config_file(path)
-
-
-def _build_processor(name: str, config: dict[str, Any] | None) -> Processor[Any]:
+def _build_processor(name: str, config_file: Path | None) -> Processor[Any]:
+    """A registered processor, built as `spine run` builds it (its [NAME] table of the
+    processors config file; cost priced from litellm's table unless the config pins one),
+    or ``module:factory`` called with the whole config file."""
     if ":" not in name:
-        from processors import registry
+        from spine.processes import build_processor, processor_config
 
-        return registry.build(name, config)
+        return build_processor(name, settings(), processor_config(name, config_file))
     import importlib
+
+    from spine.settings import load_config_file
 
     module_name, _, attr = name.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"cannot load processor factory {name!r}: {exc}", hint="module:function, importable") from exc
-    return factory(config)  # type: ignore[no-any-return]
+    return factory(load_config_file(config_file) if config_file else None)  # type: ignore[no-any-return]
 
 
 @replay_app.command(

@@ -2,7 +2,10 @@
 
 If ``spine archive run`` already holds the archive (another terminal), the
 step lets that sink do the archiving and reads through it; otherwise it runs
-the sink itself until the demo's events are in and the group has no lag.
+the sink itself until the group has caught up. Then two queries over this
+run's tenant, and a backtest: the cost processor replayed from the archive
+over the demo fleet's LLM calls, compared id for id with the decisions the
+live runner published during the demo.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from spine.cli._common import emit, out, settings
 
 _TIMEOUT_S = 15.0
-_PREFERRED = ("cost", "alerting", "scaling", "routing", "supervisor")
 
 
 async def demo_archive(summary: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
-    """Archive the demo tenant's events, run two queries and a backtest; return what happened."""
+    """Archive the demo's events, run two queries and a backtest; return what happened."""
     from connectors.archive import Archive
     from connectors.archive.serve import read_state
 
@@ -32,14 +36,14 @@ async def demo_archive(summary: dict[str, Any], *, quiet: bool) -> dict[str, Any
     tenant = str(summary["tenant"])
     began = time.monotonic()
     if read_state(path) is not None:
-        by = "the running `spine archive run` (read through its query server)"
+        by = "the running `spine archive run`, read through its query server"
         archived = await _wait_for_sink(path, tenant, int(summary["published"]))
     else:
-        by = "a sink started for this step"
+        by = "a sink run for this step"
         archived = await _archive(str(summary["url"]), path, tenant, int(summary["published"]))
     say(
-        f"[bold]Archive[/bold]: {archived} of this run's events are in {path} (archived by {by}, "
-        f"{time.monotonic() - began:.1f}s), each in a typed table, dead letters included"
+        f"\n[bold]8. Archive[/bold]: {archived} events of this run are in {path} "
+        f"(archived by {by}, {time.monotonic() - began:.1f}s): one typed table per event type, dead letters included"
     )
     # Literal SQL on purpose: users copy these lines; the tenant is the demo's own name.
     where = f"WHERE tenant = '{tenant}'"
@@ -57,41 +61,45 @@ async def demo_archive(summary: dict[str, Any], *, quiet: bool) -> dict[str, Any
                 out.print(f'$ spine replay sql "{sql}"', markup=False)
                 emit(titles[key], rows, False)
         results["backtest"] = _backtest(archive, tenant, say)
+    backtest = results["backtest"]
+    run_cmd = f"  spine replay run cost --tenant {backtest['tenant']} --config {backtest['config']}" if backtest else ""
     lines = [
         "\nQuery and replay the archive:",
         f'  spine replay sql "{queries["by_type"]}"',
         f'  spine replay sql "SELECT * FROM llm_calls {where}" --format csv',  # noqa: S608
-        f"  spine replay report cost --tenant {tenant}        (spine replay report: all reports)",
-        f"  spine replay run {results['backtest'].get('processor') or 'NAME'} --tenant {tenant}",
-        f"  spine replay publish --from 1h --to now --tenant {tenant} --to-stream shadow",
+        "  spine replay report cost        (and: latency, alerts, sessions, dead-letters, volume; --json)",
+        *([run_cmd] if run_cmd else []),
+        f"  spine replay publish --from 2h --to now --tenant {tenant} --to-stream shadow",
         "  spine archive export ./history && spine archive info",
-        "  spine archive run                               (keep archiving; Ctrl-C stops)",
+        "  spine archive run               (keep archiving as events arrive; Ctrl-C stops)",
     ]
     say("\n".join(lines))
     return results
 
 
 async def _archive(url: str, path: Path, tenant: str, expected: int) -> int:
+    """Run the sink until the group has no lag (twice in a row) and this run's events are in."""
     import streams
-    from connectors.archive import Archive, run_sink
+    from connectors.archive import Archive, run_sink, sink_bus_config
 
     cfg = settings()
     archive = await asyncio.to_thread(Archive.open, path, read_only=False, lock_timeout_s=cfg.archive.lock_timeout_s)
     reader = archive.reader()
     stop = asyncio.Event()
     try:
-        async with streams.connect(url, cfg.bus) as bus:
+        async with streams.connect(url, sink_bus_config(cfg.bus, cfg.archive.batch_size)) as bus:
             sink = asyncio.create_task(
                 run_sink(
                     bus, archive, stop=stop, batch_size=cfg.archive.batch_size, max_wait_s=0.1, group=cfg.archive.group
                 )
             )
             deadline = time.monotonic() + _TIMEOUT_S
-            archived = 0
+            caught_up = 0
             while time.monotonic() < deadline and not sink.done():
                 await asyncio.sleep(0.1)
-                archived = _count(reader, tenant)
-                if archived >= expected and (await bus.lag(cfg.archive.group)).total == 0:
+                idle = (await bus.lag(cfg.archive.group)).total == 0 if _count(reader, tenant) >= expected else False
+                caught_up = caught_up + 1 if idle else 0
+                if caught_up >= 2:
                     break
             stop.set()
             await sink
@@ -114,25 +122,56 @@ async def _wait_for_sink(path: Path, tenant: str, expected: int) -> int:
 
 
 def _count(archive: Any, tenant: str) -> int:
-    table = archive.sql("SELECT count(*) AS n FROM events WHERE tenant = $1 AND stream <> 'DLQ'", [tenant])
+    table = archive.sql("SELECT count(*) AS n FROM events WHERE tenant = $1", [tenant])
     return int(table.column(0)[0].as_py())
 
 
-def _backtest(archive: Any, tenant: str, say: Any) -> dict[str, Any]:
+def _backtest(archive: Any, tenant: str, say: Any) -> dict[str, Any] | None:
+    """Replay the cost processor over the demo tenant with the most LLM calls; compare with live."""
     from connectors.archive import replay_run
-    from processors import registry
+    from spine.processes import build_processor
 
-    known = registry.names()
-    if not known:
-        say(
-            "[bold]Backtest[/bold]: no processors are registered yet; `spine replay run NAME` backtests each one "
-            "over the archive as soon as it lands (cost, alerting, scaling, ...)"
-        )
-        return {"processor": None}
-    name = next((n for n in _PREFERRED if n in known), known[0])
-    result = replay_run(archive, registry.build(name, None), tenant=tenant)
-    say(
-        f"[bold]Backtest[/bold]: spine replay run {name} --tenant {tenant} -> {result.handled} events in, "
-        f"{len(result.decisions)} decisions it would have made"
+    busiest = archive.sql(
+        "SELECT tenant, count(*) AS n FROM llm_calls WHERE starts_with(tenant, $1) GROUP BY tenant ORDER BY n DESC",
+        [tenant],
+    ).to_pylist()
+    if not busiest:
+        say("[bold]Backtest[/bold]: this run archived no LLM calls to replay the cost processor over")
+        return None
+    target = busiest[0]["tenant"]
+    try:
+        from spine.cli.demo_processors import DEMO_CONFIG
+
+        config = dict(DEMO_CONFIG.get("cost", {}))
+    except ImportError:
+        config = {}
+    cfg = settings()
+    config_file = cfg.data_dir / "demo-processors.yaml"  # the demo's cost config, for the printed command
+    config_file.write_text(yaml.safe_dump({"cost": config}, sort_keys=False))
+    began = time.perf_counter()
+    result = replay_run(archive, build_processor("cost", cfg, config), tenant=target)
+    seconds = time.perf_counter() - began
+    live = set(
+        archive.sql("SELECT id FROM decisions WHERE tenant = $1 AND source = 'processors/cost'", [target])
+        .column(0)
+        .to_pylist()
     )
-    return {"processor": name, "handled": result.handled, "decisions": len(result.decisions)}
+    replayed = {e.id for e in result.decisions}
+    same = len(live & replayed)
+    verdict = (
+        "identical, id for id, to the decisions the live runner published"
+        if live == replayed
+        else f"{same} of them match the {len(live)} the live runner published"
+    )
+    say(
+        f"[bold]Backtest[/bold]: `spine replay run cost --tenant {target}` replayed {result.handled} LLM calls from "
+        f"the archive in {seconds:.2f}s (no broker) -> {len(replayed)} decisions, {verdict}"
+    )
+    return {
+        "tenant": target,
+        "config": str(config_file),
+        "handled": result.handled,
+        "decisions": len(replayed),
+        "live_decisions": len(live),
+        "matching": same,
+    }
