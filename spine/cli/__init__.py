@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from schemas.errors import SpineError
 from spine.cli import admin, archive, broker, cost, decisions, demo, events, run, supervision
@@ -65,9 +66,10 @@ def main() -> None:
     except SpineError as exc:
         if State.debug:
             raise
-        err.print(f"[bold red]error:[/bold red] {exc.message}", markup=True, highlight=False)
+        # escape: messages quote user input and name config tables like [routing]
+        err.print(f"[bold red]error:[/bold red] {escape(exc.message)}", markup=True, highlight=False)
         if exc.hint:
-            err.print(f"[dim]hint: {exc.hint}[/dim]")
+            err.print(f"[dim]hint: {escape(exc.hint)}[/dim]")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -75,6 +77,6 @@ def main() -> None:
     except Exception as exc:  # the last guard: one line, not a traceback
         if State.debug:
             raise
-        err.print(f"[bold red]error:[/bold red] unexpected {type(exc).__name__}: {exc}")
+        err.print(f"[bold red]error:[/bold red] unexpected {type(exc).__name__}: {escape(str(exc))}")
         err.print("[dim]hint: rerun with --debug for the traceback, and please report it[/dim]")
         sys.exit(1)

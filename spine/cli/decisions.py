@@ -52,32 +52,24 @@ def routes_cmd(
     if as_json:
         emit("", rows, True)
         return
-    for row in rows:
-        row["weight"] = f"{row['weight']:g}"
-        row["error_rate"] = f"{row['error_rate']:.0%}" if row["error_rate"] is not None else None
-    tables = len({(r["tenant"], r["model_group"]) for r in rows})
-    emit(
-        f"Routing tables: {tables} model group(s)",
-        rows,
-        False,
-        columns=[
-            "tenant",
-            "model_group",
-            "version",
-            "strategy",
-            "rank",
-            "deployment",
-            "weight",
-            "breaker",
-            "requests",
-            "error_rate",
-            "p50_ms",
-            "p95_ms",
-            "ttft_p50_ms",
-            "cost_per_1k",
-            "why",
-        ],
-    )
+    table = [
+        {
+            "tenant": r["tenant"],
+            "group": f"{r['model_group']} v{r['version']} ({r['strategy']})",
+            "#": r["rank"],
+            "deployment": r["deployment"],
+            "weight": f"{r['weight']:g}",
+            "breaker": r["breaker"],
+            "calls": r["requests"],
+            "errors": f"{r['error_rate']:.0%}" if r["error_rate"] is not None else None,
+            "p50/p95 ms": f"{r['p50_ms']:.0f}/{r['p95_ms']:.0f}" if r["p50_ms"] is not None else None,
+            "$/1k tok": r["cost_per_1k"],
+            "why": r["why"],
+        }
+        for r in rows
+    ]
+    groups = len({(r["tenant"], r["model_group"]) for r in rows})
+    emit(f"Routing tables: {groups} model group(s)", table, False)
 
 
 def alerts_cmd(
