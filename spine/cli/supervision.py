@@ -17,7 +17,17 @@ TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant.")]
 sessions_app = typer.Typer(help="Agent sessions as the supervisor sees them.", no_args_is_help=True)
 nodes_app = typer.Typer(help="Nodes as the supervisor sees them.", no_args_is_help=True)
 
-_SESSION_COLUMNS = ["tenant", "session", "status", "since", "node", "node_status", "project", "cost_usd", "last_command"]
+_SESSION_COLUMNS = [
+    "tenant",
+    "session",
+    "status",
+    "since",
+    "node",
+    "node_status",
+    "project",
+    "cost_usd",
+    "last_command",
+]
 
 
 def register(app: typer.Typer) -> None:
