@@ -59,9 +59,12 @@ class RollingCounts(_Buckets):
 
     def add(self, ts: float, counts: Mapping[str, float], now: float) -> bool:
         """Count ``counts`` at ``ts``; False (nothing counted) if ``ts`` is before the window."""
-        self.expire(now)
-        idx = self.index(ts)
-        if idx < self.lowest(now):
+        # the hot path of every windowed processor: index arithmetic inlined
+        low = math.floor(now / self.bucket_s) - self.buckets
+        if self.floor is None or low > self.floor:
+            self.expire(now)
+        idx = math.floor(ts / self.bucket_s)
+        if idx <= low:
             return False
         bucket = self.data.get(idx)
         if bucket is None:
@@ -111,13 +114,22 @@ class RollingCounts(_Buckets):
 
 
 class RollingSeries(_Buckets):
-    """A numeric series over a sliding window: per bucket first/last (by event time), low, high."""
+    """A numeric series over a sliding window: per bucket first/last (by event time), low, high.
 
-    __slots__ = ("data",)
+    Queries take ``now`` and first drop what left the window, so every bucket
+    held is in it. The newest bucket and the window's low/high are cached
+    (derived, never dumped): a tick costs O(1), a bucket leaving the window
+    one pass over the buckets.
+    """
+
+    __slots__ = ("_high", "_low", "data", "head")
 
     def __init__(self, size_s: float, buckets: int) -> None:
         super().__init__(size_s, buckets)
         self.data: dict[int, list[float]] = {}
+        self.head: int | None = None  # newest bucket index held
+        self._high: float | None = None  # None: not known, recompute
+        self._low: float | None = None
 
     def add(self, ts: float, value: float, now: float) -> bool:
         """Record ``value`` at ``ts``; False if ``ts`` is before the window."""
@@ -128,13 +140,20 @@ class RollingSeries(_Buckets):
         b = self.data.get(idx)
         if b is None:
             self.data[idx] = [ts, value, ts, value, value, value]
-            return True
-        if ts < b[_FIRST_TS]:
-            b[_FIRST_TS], b[_FIRST] = ts, value
-        if ts >= b[_LAST_TS]:  # equal times: the one folded later wins, as in arrival order
-            b[_LAST_TS], b[_LAST] = ts, value
-        b[_LOW] = min(b[_LOW], value)
-        b[_HIGH] = max(b[_HIGH], value)
+            if self.head is None or idx > self.head:
+                self.head = idx
+        else:
+            if ts < b[_FIRST_TS]:
+                b[_FIRST_TS], b[_FIRST] = ts, value
+            if ts >= b[_LAST_TS]:  # equal times: the one folded later wins, as in arrival order
+                b[_LAST_TS], b[_LAST] = ts, value
+            b[_LOW] = min(b[_LOW], value)
+            b[_HIGH] = max(b[_HIGH], value)
+        if self._high is not None and self._low is not None:
+            self._high = max(self._high, value)
+            self._low = min(self._low, value)
+        elif len(self.data) == 1:
+            self._high = self._low = value
         return True
 
     def expire(self, now: float) -> None:
@@ -142,41 +161,50 @@ class RollingSeries(_Buckets):
         if self.floor is not None and low <= self.floor:
             return
         self.floor = low
-        for idx in [idx for idx in self.data if idx <= low]:
+        old = [idx for idx in self.data if idx <= low]
+        if not old:
+            return
+        for idx in old:
             del self.data[idx]
-
-    def _window(self, now: float) -> list[tuple[int, list[float]]]:
-        low = self.lowest(now)
-        return [(idx, b) for idx, b in sorted(self.data.items()) if idx >= low]
+        self._high = self._low = None
+        if self.head is not None and self.head <= low:
+            self.head = max(self.data, default=None)
 
     def empty(self, now: float) -> bool:
-        low = self.lowest(now)
-        return not any(idx >= low for idx in self.data)
+        self.expire(now)
+        return not self.data
 
     def last(self, now: float) -> float | None:
         """The newest value in the window (by event time)."""
-        low = self.lowest(now)
-        newest = max((idx for idx in self.data if idx >= low), default=None)
-        return None if newest is None else self.data[newest][_LAST]
+        self.expire(now)
+        return None if self.head is None else self.data[self.head][_LAST]
 
     def first(self, now: float) -> float | None:
         """The oldest value in the window (by event time)."""
-        low = self.lowest(now)
-        oldest = min((idx for idx in self.data if idx >= low), default=None)
-        return None if oldest is None else self.data[oldest][_FIRST]
+        self.expire(now)
+        return self.data[min(self.data)][_FIRST] if self.data else None
+
+    def _extremes(self) -> None:
+        if self._high is None or self._low is None:
+            values = self.data.values()
+            self._high = max((b[_HIGH] for b in values), default=None)
+            self._low = min((b[_LOW] for b in values), default=None)
 
     def high(self, now: float) -> float | None:
-        low = self.lowest(now)
-        return max((b[_HIGH] for idx, b in self.data.items() if idx >= low), default=None)
+        self.expire(now)
+        self._extremes()
+        return self._high
 
     def low(self, now: float) -> float | None:
-        low = self.lowest(now)
-        return min((b[_LOW] for idx, b in self.data.items() if idx >= low), default=None)
+        self.expire(now)
+        self._extremes()
+        return self._low
 
     def closes(self, now: float, *, closed_only: bool = True) -> list[float]:
         """Each bucket's last value, oldest first; without the bucket ``now`` is in if ``closed_only``."""
+        self.expire(now)
         current = self.index(now)
-        return [b[_LAST] for idx, b in self._window(now) if not (closed_only and idx == current)]
+        return [b[_LAST] for idx, b in sorted(self.data.items()) if not (closed_only and idx == current)]
 
     def dump(self) -> list[Any]:
         return [self.floor, [[idx, b] for idx, b in sorted(self.data.items())]]
@@ -186,6 +214,7 @@ class RollingSeries(_Buckets):
         series = cls(size_s, buckets)
         series.floor = doc[0]
         series.data = {int(idx): list(b) for idx, b in doc[1]}
+        series.head = max(series.data, default=None)
         return series
 
 

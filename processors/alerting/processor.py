@@ -25,6 +25,7 @@ firing, still active and ``renotify`` -> repeat every ``cooldown_s``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from fnmatch import fnmatchcase
 from typing import Any, Literal, NamedTuple
@@ -69,12 +70,15 @@ from schemas.payloads.decisions import AlertDecision
 
 
 class Check(NamedTuple):
-    """A rule's verdict on one thing at the clock."""
+    """A rule's verdict on one thing at the clock; ``explain`` gives (summary, labels), only when emitting."""
 
     active: bool
     value: float | None
-    summary: str
-    labels: dict[str, str]
+    explain: Callable[[], tuple[str, dict[str, str]]]
+
+
+def _said(summary: str, labels: dict[str, str]) -> Callable[[], tuple[str, dict[str, str]]]:
+    return lambda: (summary, labels)
 
 
 _INPUTS: dict[type[Any], tuple[str, ...]] = {
@@ -115,6 +119,7 @@ class Alerter:
             if isinstance(rule, ThresholdRule):
                 self._threshold.setdefault(rule.type, []).append(rule)
         self._market = [r for r in rules if isinstance(r, RateOfChangeRule | VolatilityRule)]
+        self._by_symbol: dict[str, list[tuple[RateOfChangeRule | VolatilityRule, str]]] = {}
         self._errors = [r for r in rules if isinstance(r, ErrorRateRule)]
         self._sessions = [r for r in rules if isinstance(r, SessionRule)]
         self._nodes = [r for r in rules if isinstance(r, NodeOfflineRule)]
@@ -180,7 +185,7 @@ class Alerter:
 
     # -- events ----------------------------------------------------------------------------
     def _on_threshold(self, t: TenantAlerts, rule: ThresholdRule, event: Event, ts: float, out: list[Output]) -> None:
-        if not fnmatchcase(event.subject, rule.subject):
+        if not _matches(event.subject, rule.subject):
             return
         value = getattr(event.data, rule.field, None)
         if value is None:
@@ -189,14 +194,11 @@ class Alerter:
         held = t.values.get(key)
         if held is None or ts >= held[0]:  # an older value never replaces a newer one
             t.values[key] = [ts, float(value), event.subject]
-        self._judge(t, rule, key, out)
+        self._judge(t, rule, key, out, event.subject)
 
     def _on_tick(self, t: TenantAlerts, event: MarketTickEvent, ts: float, out: list[Output]) -> None:
         symbol, now = event.data.symbol, self._now(t)
-        for rule in self._market:
-            if not fnmatchcase(symbol, rule.symbol):
-                continue
-            key = f"{rule.name}/{symbol}"
+        for rule, key in self._market_keys(symbol):
             series = t.series.get(key)
             if series is None:
                 series = t.series[key] = self._series(rule)
@@ -207,7 +209,18 @@ class Alerter:
                 if t.checked.get(key) == current and series.index(ts) == current:
                     continue
                 t.checked[key] = current
-            self._judge(t, rule, key, out)
+            self._judge(t, rule, key, out, symbol)
+
+    def _market_keys(self, symbol: str) -> list[tuple[RateOfChangeRule | VolatilityRule, str]]:
+        """The market rules watching ``symbol`` with their dedup keys (memoized: a pure function)."""
+        found = self._by_symbol.get(symbol)
+        if found is None:
+            if len(self._by_symbol) > 100_000:
+                self._by_symbol.clear()
+            found = self._by_symbol[symbol] = [
+                (rule, f"{rule.name}/{symbol}") for rule in self._market if _matches(symbol, rule.symbol)
+            ]
+        return found
 
     def _series(self, rule: RateOfChangeRule | VolatilityRule) -> RollingSeries:
         if isinstance(rule, RateOfChangeRule):
@@ -223,7 +236,7 @@ class Alerter:
                 what = f"{call.provider}/{call.model}"
             else:
                 what = call.deployment or f"{call.provider}/{call.model}"
-            if not fnmatchcase(what, rule.match):
+            if not _matches(what, rule.match):
                 continue
             key = f"{rule.name}/{what}"
             counts = t.counts.get(key)
@@ -231,7 +244,7 @@ class Alerter:
                 counts = t.counts[key] = RollingCounts(rule.window_s, rule.buckets)
             failed = call.status == "error" and (call.error_type or "other") in rule.error_types
             counts.add(ts, {"n": 1, "err": 1 if failed else 0}, now)
-            self._judge(t, rule, key, out)
+            self._judge(t, rule, key, out, what)
 
     def _on_node(self, t: TenantAlerts, event: NodeHeartbeatEvent, ts: float, out: list[Output]) -> None:
         beat = event.data
@@ -242,13 +255,13 @@ class Alerter:
             node.last_ts, node.interval_s = ts, beat.interval_s
             node.hostname = beat.hostname or node.hostname
         for rule in self._nodes:
-            self._judge(t, rule, f"{rule.name}/{beat.node_id}", out)
+            self._judge(t, rule, f"{rule.name}/{beat.node_id}", out, beat.node_id)
 
     def _on_budget(self, t: TenantAlerts, event: BudgetDecisionEvent, out: list[Output]) -> None:
         b = event.data
         end = bucket_end(date.fromisoformat(b.bucket), b.period)
         for rule in self._budgets:
-            if b.level not in rule.levels or not fnmatchcase(b.budget, rule.budget):
+            if b.level not in rule.levels or not _matches(b.budget, rule.budget):
                 continue
             key = f"{rule.name}/{b.budget}/{b.key}/{b.level}"
             held = t.budgets.get(key)
@@ -279,15 +292,15 @@ class Alerter:
         else:  # a message or a tool call: the session is doing something
             info.activity_ts = max(info.activity_ts, ts)
         for rule in self._sessions:
-            self._judge(t, rule, f"{rule.name}/{sid}", out)
+            self._judge(t, rule, f"{rule.name}/{sid}", out, sid)
         if info.state == "completed":
             del t.sessions[sid]
 
     # -- judging ---------------------------------------------------------------------------
-    def _judge(self, t: TenantAlerts, rule: Rule, key: str, out: list[Output]) -> None:
+    def _judge(self, t: TenantAlerts, rule: Rule, key: str, out: list[Output], what: str | None = None) -> None:
         record = t.alerts.get(key)
         firing = record is not None and record.status == "firing"
-        check = self._check(t, rule, key, firing)
+        check = self._check(t, rule, key, firing, key.split("/", 1)[1] if what is None else what)
         now = self._now(t)
         if check.active:
             if record is None or record.status != "firing":
@@ -298,22 +311,26 @@ class Alerter:
                     record = t.alerts[key] = AlertRecord(rule.name, "firing")
                 record.status, record.since, record.notified, record.value = "firing", now, now, check.value
                 record.count += 1
-                out.append(self._alert(rule, key, "firing", check.summary, check))
+                out.append(self._alert(rule, key, "firing", check))
             else:
                 record.value = check.value
                 if rule.renotify and record.notified is not None and now - record.notified >= rule.cooldown_s:
                     record.notified = now
                     record.count += 1
                     since = _iso(record.since) if record.since is not None else "?"
-                    out.append(self._alert(rule, key, "firing", f"{check.summary} (firing since {since})", check))
+                    out.append(self._alert(rule, key, "firing", check, f" (firing since {since})"))
         elif record is not None and record.status != "resolved":
             was_firing = record.status == "firing"
             record.status, record.value = "resolved", check.value
             if was_firing:
-                out.append(self._alert(rule, key, "resolved", check.summary, check))
+                out.append(self._alert(rule, key, "resolved", check))
 
-    def _alert(self, rule: Rule, key: str, status: Literal["firing", "resolved"], summary: str, check: Check) -> Emit:
-        labels = {**rule.labels, **check.labels}
+    def _alert(
+        self, rule: Rule, key: str, status: Literal["firing", "resolved"], check: Check, suffix: str = ""
+    ) -> Emit:
+        summary, told = check.explain()
+        summary += suffix
+        labels = {**rule.labels, **told}
         value = None if check.value is None else round(check.value, 6)
         data = AlertDecision(
             rule=rule.name,
@@ -326,8 +343,7 @@ class Alerter:
         )
         return Emit("decision.alert", data, key)
 
-    def _check(self, t: TenantAlerts, rule: Rule, key: str, firing: bool) -> Check:
-        what = key.split("/", 1)[1]
+    def _check(self, t: TenantAlerts, rule: Rule, key: str, firing: bool, what: str) -> Check:
         now = self._now(t)
         if isinstance(rule, ThresholdRule):
             return self._check_threshold(t, rule, key, firing)
@@ -346,14 +362,18 @@ class Alerter:
     def _check_threshold(self, t: TenantAlerts, rule: ThresholdRule, key: str, firing: bool) -> Check:
         held = t.values.get(key)
         if held is None:
-            return Check(False, None, f"no {rule.field} seen", {})
+            return Check(False, None, _said(f"no {rule.field} seen", {}))
         _, value, subject = held
         bound = rule.resolve_at if firing and rule.resolve_at is not None else rule.value
         active = _compare(value, rule.op, bound)
-        summary = f"{rule.type} {subject}: {rule.field} = {value:g} ({rule.op} {rule.value:g})"
-        if not active:
-            summary = f"{rule.type} {subject}: {rule.field} = {value:g}, back past {bound:g}"
-        return Check(active, value, summary, {"subject": subject, "field": rule.field})
+
+        def explain() -> tuple[str, dict[str, str]]:
+            labels = {"subject": subject, "field": rule.field}
+            if active:
+                return f"{rule.type} {subject}: {rule.field} = {value:g} ({rule.op} {rule.value:g})", labels
+            return f"{rule.type} {subject}: {rule.field} = {value:g}, back past {bound:g}", labels
+
+        return Check(active, value, explain)
 
     def _check_change(
         self, rule: RateOfChangeRule, series: RollingSeries | None, symbol: str, now: float, firing: bool
@@ -361,7 +381,7 @@ class Alerter:
         labels = {"symbol": symbol}
         last = series.last(now) if series is not None else None
         if series is None or last is None:
-            return Check(False, None, f"{symbol}: no prices in the last {_span(rule.window_s)}", labels)
+            return Check(False, None, _said(f"{symbol}: no prices in the last {_span(rule.window_s)}", labels))
         falling = rule.change_pct < 0
         if rule.reference == "extreme":
             ref = series.high(now) if falling else series.low(now)
@@ -371,26 +391,29 @@ class Alerter:
         change = (last - ref) / ref * 100 if ref else 0.0
         bound = rule.resolve_pct if firing and rule.resolve_pct is not None else rule.change_pct
         active = change <= bound if falling else change >= bound
-        verb = "fell" if change < 0 else "rose"
-        summary = f"{symbol} {verb} {abs(change):.2f}% within {_span(rule.window_s)} ({ref:g} -> {last:g})"
-        return Check(active, change, summary, labels)
+
+        def explain() -> tuple[str, dict[str, str]]:
+            verb = "fell" if change < 0 else "rose"
+            return f"{symbol} {verb} {abs(change):.2f}% within {_span(rule.window_s)} ({ref:g} -> {last:g})", labels
+
+        return Check(active, change, explain)
 
     def _check_volatility(self, rule: VolatilityRule, series: RollingSeries | None, symbol: str, now: float) -> Check:
         labels = {"symbol": symbol}
         returns = log_returns(series.closes(now)) if series is not None else []
         if len(returns) < rule.min_returns:
-            return Check(False, None, f"{symbol}: {len(returns)} returns, fewer than {rule.min_returns}", labels)
+            return Check(False, None, _said(f"{symbol}: {len(returns)} returns, fewer than {rule.min_returns}", labels))
         every = _span(rule.interval_s)
         if rule.stdev_pct is not None:
             sd = (stdev(returns) or 0.0) * 100
             summary = (
                 f"{symbol} volatility {sd:.3f}% per {every} over {_span(rule.window_s)} (level {rule.stdev_pct:g}%)"
             )
-            return Check(sd >= rule.stdev_pct, sd, summary, labels)
+            return Check(sd >= rule.stdev_pct, sd, _said(summary, labels))
         assert rule.zscore is not None
         z = zscore(returns)
         summary = f"{symbol} last {every} return at z = {z if z is not None else 0:.2f} (level {rule.zscore:g})"
-        return Check(z is not None and abs(z) >= rule.zscore, z, summary, labels)
+        return Check(z is not None and abs(z) >= rule.zscore, z, _said(summary, labels))
 
     def _check_errors(
         self, rule: ErrorRateRule, counts: RollingCounts | None, what: str, now: float, firing: bool
@@ -404,52 +427,56 @@ class Alerter:
         # min_requests guards the fire; a firing alert is judged on the calls there are (it resolves
         # on evidence, or once no call is left in the window, not because traffic thinned out).
         if n == 0 or (n < rule.min_requests and not firing):
-            return Check(False, None, f"{what}: {n:.0f} calls in {span}, too few to judge", labels)
+            return Check(False, None, _said(f"{what}: {n:.0f} calls in {span}, too few to judge", labels))
         share = errors / n
         bound = rule.resolve_below if firing and rule.resolve_below is not None else rule.threshold
         summary = f"{what}: {share:.0%} of {n:.0f} calls failed in {span} (threshold {rule.threshold:.0%})"
-        return Check(share >= bound, share, summary, labels)
+        return Check(share >= bound, share, _said(summary, labels))
 
     def _check_session(self, rule: SessionRule, info: SessionInfo | None, sid: str, now: float) -> Check:
         labels = {"session": sid}
         if info is None:
-            return Check(False, None, f"session {sid} completed", labels)
+            return Check(False, None, _said(f"session {sid} completed", labels))
         if info.node:
             labels["node"] = info.node
         if info.project:
             labels["project"] = info.project
         if rule.on == "error":
             active = info.state == "error"
-            return Check(active, None, f"session {sid} is {info.state}", labels)
+            return Check(active, None, _said(f"session {sid} is {info.state}", labels))
         quiet = now - max(info.state_ts, info.activity_ts)
         active = info.state == "idle" and quiet >= rule.idle_s
         if active:
-            return Check(True, quiet, f"session {sid} idle for {_span(quiet)} (limit {_span(rule.idle_s)})", labels)
-        return Check(False, quiet, f"session {sid} is {info.state}", labels)
+            return Check(
+                True, quiet, _said(f"session {sid} idle for {_span(quiet)} (limit {_span(rule.idle_s)})", labels)
+            )
+        return Check(False, quiet, _said(f"session {sid} is {info.state}", labels))
 
     def _check_node(self, rule: NodeOfflineRule, node: NodeInfo | None, node_id: str, now: float) -> Check:
         labels = {"node": node_id}
         if node is None:
-            return Check(False, None, f"node {node_id} unknown", labels)
+            return Check(False, None, _said(f"node {node_id} unknown", labels))
         if node.hostname:
             labels["hostname"] = node.hostname
         silent = now - node.last_ts
         limit = rule.missed_heartbeats * node.interval_s
         if silent > limit:
-            return Check(True, silent, f"node {node_id} silent for {_span(silent)} (limit {_span(limit)})", labels)
-        return Check(False, silent, f"node {node_id} is back (last heartbeat {_span(silent)} ago)", labels)
+            return Check(
+                True, silent, _said(f"node {node_id} silent for {_span(silent)} (limit {_span(limit)})", labels)
+            )
+        return Check(False, silent, _said(f"node {node_id} is back (last heartbeat {_span(silent)} ago)", labels))
 
     def _check_budget(self, info: BudgetInfo | None, what: str, now: float) -> Check:
         if info is None:
-            return Check(False, None, f"budget {what}: no crossing on record", {})
+            return Check(False, None, _said(f"budget {what}: no crossing on record", {}))
         labels = {"budget": info.budget, "key": info.key, "level": info.level, "period": info.period}
         if now < info.until:
             summary = (
                 f"budget {info.budget} ({info.key}) crossed its {info.level} limit ${info.limit:g}: "
                 f"${info.spent:.2f} spent this {info.period} from {info.bucket}"
             )
-            return Check(True, info.spent, summary, labels)
-        return Check(False, info.spent, f"budget {info.budget} ({info.key}): the {info.period} ended", labels)
+            return Check(True, info.spent, _said(summary, labels))
+        return Check(False, info.spent, _said(f"budget {info.budget} ({info.key}): the {info.period} ended", labels))
 
     # -- timers ----------------------------------------------------------------------------
     def _sweep(self, t: TenantAlerts, out: list[Output]) -> None:
@@ -498,6 +525,15 @@ class Alerter:
                 del t.counts[key]
         for key in [k for k, b in t.budgets.items() if now >= b.until and k not in t.alerts]:
             del t.budgets[key]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """``fnmatch`` globs, with the common cases (everything, a plain name) skipping it."""
+    if pattern == "*":
+        return True
+    if not any(c in pattern for c in "*?["):
+        return name == pattern
+    return fnmatchcase(name, pattern)
 
 
 def _compare(value: float, op: str, bound: float) -> bool:

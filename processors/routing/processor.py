@@ -196,7 +196,9 @@ class Router:
             d.probe = RollingCounts(cfg.window_s, cfg.buckets)
         failed = call.status == "error"
         error = (call.error_type or "other") if failed else None
-        counts: dict[str, float] = {"n": 1, f"e:{error}" if error else "ok": 1}
+        counts: dict[str, float] = {"n": 1}
+        if error:
+            counts[f"e:{error}"] = 1
         if call.latency_ms is not None:
             counts[f"lat:{log_bin(call.latency_ms, HIST_RATIO)}"] = 1
         if call.ttft_ms is not None:
@@ -271,6 +273,8 @@ class Router:
     def _rl_factor(self, d: Deployment, now: float) -> float:
         cfg = self.config.rate_limit
         d.health.expire(now)
+        if not d.health.totals.get("e:rate_limit"):  # the common case: no 429 in the window
+            return 1.0
         if d.health.total("n") < cfg.min_requests:
             return 1.0
         raw = max(cfg.min_weight, 1.0 - cfg.penalty * self._share(d, "e:rate_limit"))
