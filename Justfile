@@ -41,6 +41,8 @@ fmt: setup
 # Benchmarks (JSON lines on stdout). `just bench --quick` for a short run.
 bench *ARGS: setup
     {{py}} benchmarks/bus.py {{ARGS}}
+    {{py}} benchmarks/archive.py {{ARGS}}
+    {{py}} benchmarks/decisions.py {{ARGS}}
 
 # Stop the embedded broker and remove local data (.spine/).
 clean:
