@@ -34,7 +34,7 @@ def archive(tmp_path: Path) -> Archive:
 
 
 async def test_every_stream_and_the_dead_letters_are_archived_once(archive: Archive) -> None:
-    bus = fresh_bus()
+    bus = fresh_bus(BusConfig(ack_wait_s=30))  # no redelivery however slow the machine
     events = [make_event(t, SAMPLES[t], subject=sample_subject(t), tenant="acme") for t in SAMPLES if "dlq" not in t]
     await bus.publish_many(events)
     await bus.publish_raw("spine.acme.market.tick.BTC-USD", b"BTC 97000 (not JSON)", msg_id="raw-1")
