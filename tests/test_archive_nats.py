@@ -102,7 +102,7 @@ def _env(nats_server: NatsServer, tmp_path: Path, group: str) -> dict[str, str]:
     }
 
 
-async def test_cli_sink_serves_queries_to_other_processes_and_stops_on_sigterm(
+async def test_cli_sink_serves_other_processes_stops_on_sigterm_and_replays_to_a_shadow(
     bus: Bus, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     tenant, group = names()
@@ -149,3 +149,20 @@ async def test_cli_sink_serves_queries_to_other_processes_and_stops_on_sigterm(
     assert serve.read_state(path) is None
     with Archive.open(path) as archive:  # the sink has let go: a plain read-only open now
         assert archive.mode == "read" and count(archive, "SELECT count(*) FROM market_ticks") == 50
+    shadow = f"sh-{tenant}"
+    args = ["replay", "publish", "--from", "2026-11-16", "--to", "2026-11-17", "--tenant", tenant]
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [SPINE, *args, "--to-stream", shadow, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"shadow_tenant": shadow, "published": 50, "duplicates": 0}
+    copies = [r.event async for r in bus.replay("MARKET", tenant=shadow)]
+    assert len(copies) == 50 and all(c.tenant == shadow for c in copies)
+    originals = [r.event async for r in bus.replay("MARKET", tenant=tenant)]
+    assert len(originals) == 50  # the original tenant is untouched
