@@ -55,7 +55,7 @@ from schemas import Event, decode, make_event
 from streams.bus import Bus, Record
 from streams.embedded import NatsServer
 from streams.processing import Partition, fold, partition_key, partition_of
-from streams.routes import RouteClient
+from streams.routes import RouteClient, RouteTable
 from streams.runner import Runner, RunnerConfig
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -340,12 +340,17 @@ async def route_latency(url: str, plan: Plan, batch_wait_s: float) -> list[float
                 }
                 return make_event("llm.call", data, tenant=tenant, time=T0 + timedelta(seconds=clock))
 
-            async def until(predicate: Callable[[Any], bool]) -> Any:
+            async def newer_than(version: int, *, closed: bool = False) -> RouteTable:
+                """The table once its version passes ``version`` (and, if ``closed``, the breaker closed)."""
+
+                def ready(table: RouteTable) -> bool:
+                    return table.version > version and (not closed or table.decision.candidates[0].breaker == "closed")
+
                 async with asyncio.timeout(10):
-                    return await client.wait_for("g", predicate, tenant=tenant)
+                    return await client.wait_for("g", ready, tenant=tenant)
 
             await bus.publish(call())
-            await until(lambda t: t.version >= 1)
+            await newer_than(0)
             samples: list[float] = []
             for _ in range(plan.flips):
                 handled = runner.health.handled
@@ -359,11 +364,11 @@ async def route_latency(url: str, plan: Plan, batch_wait_s: float) -> list[float
                 await asyncio.sleep(0.06)  # let the runner go idle: the flip lands like a live call
                 began = time.monotonic()
                 await bus.publish(call("error"))  # the third failure trips the breaker
-                table = await until(lambda t, v=version: t.version > v)
+                table = await newer_than(version)
                 samples.append((table.received - began) * 1000)
                 clock += 2  # past the cooldown: the next call half-opens and (one success) closes it
                 await bus.publish(call())
-                await until(lambda t, v=table.version: t.version > v and t.decision.candidates[0].breaker == "closed")
+                await newer_than(table.version, closed=True)
         stop.set()
         await task
     return samples

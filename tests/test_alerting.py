@@ -20,7 +20,7 @@ def alerter(*rules: dict[str, Any], **config: Any) -> Alerter:
 
 def alerts(events: list[Event], processor: Alerter) -> list[tuple[float, str, str, float | None]]:
     """(seconds after T0, status, dedup key, value) of every alert."""
-    out = []
+    out: list[tuple[float, str, str, float | None]] = []
     for d in run_pure(processor, events).decisions:
         assert isinstance(d, AlertDecisionEvent)
         value = None if d.data.value is None else round(d.data.value, 2)
@@ -201,7 +201,7 @@ def test_inputs_follow_the_rules() -> None:
 
 
 def test_snapshot_restore_round_trips_and_continues_identically() -> None:
-    rules = [
+    rules: list[dict[str, Any]] = [
         BTC_DROP,
         {"kind": "volatility", "name": "btc-vol", "symbol": "BTC-USD", "window_s": 1800, "stdev_pct": 0.5},
         {"kind": "error_rate", "name": "errs", "threshold": 0.3, "min_requests": 3},

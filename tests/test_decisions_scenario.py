@@ -38,7 +38,7 @@ def offset(event: Event) -> str:
 def scenario(events: list[Event] | None = None) -> dict[str, list[Event]]:
     """Every processor's decisions over the scenario; alerting also reads cost's budget decisions."""
     events = events if events is not None else scenario_events("ops", START)
-    budgets = [d for d in run_pure(build("cost"), events).decisions if d.type == "decision.budget"]
+    budgets: list[Event] = [d for d in run_pure(build("cost"), events).decisions if d.type == "decision.budget"]
     with_budgets = sorted(events + budgets, key=lambda e: e.time)  # stable: a decision right after its cause
     return {
         "budget": budgets,

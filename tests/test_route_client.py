@@ -135,7 +135,7 @@ class FlakyBus(MemoryBus):
 
     failures = 1
 
-    async def follow(  # type: ignore[override]
+    async def follow(
         self, stream: str, *, after: Mapping[int, int] | None = None, pattern: str = ">", tenant: str = "*"
     ) -> AsyncIterator[Record | Undecodable]:
         async for item in super().follow(stream, after=after, pattern=pattern, tenant=tenant):
