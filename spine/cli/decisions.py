@@ -41,7 +41,11 @@ def routes_cmd(
     group: Annotated[str | None, typer.Option(help="The routing processor's checkpoint group.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Routing tables per model group, with breaker states and each deployment's health window."""
+    """Routing tables per model group, with breaker states and each deployment's health window.
+
+    Health figures (calls, errors, latency, cost) are the window as of the processor's last
+    checkpoint; `why` is what the table said when its version was made.
+    """
     from processors.routing import route_rows
     from spine.cli.cost import load_states
 
@@ -64,7 +68,7 @@ def routes_cmd(
             "errors": f"{r['error_rate']:.0%}" if r["error_rate"] is not None else None,
             "p50/p95 ms": f"{r['p50_ms']:.0f}/{r['p95_ms']:.0f}" if r["p50_ms"] is not None else None,
             "$/1k tok": r["cost_per_1k"],
-            "why": r["why"],
+            "why (when this version was made)": r["why"],
         }
         for r in rows
     ]
