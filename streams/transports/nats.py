@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
@@ -214,6 +215,15 @@ def _pub_ack(msg: Msg) -> PublishAck | None:
         return None  # {"error": {...}} has no stream
 
 
+def _stream_and_consumer_seq(msg: Msg) -> tuple[int, int]:
+    """(stream sequence, consumer sequence) of a JetStream message, from its ack subject when it can."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5]), int(tokens[6])
+    meta = msg.metadata
+    return meta.sequence.stream, meta.sequence.consumer
+
+
 class _Puller:
     """One group member's pull requests to a durable consumer: nats-py's fetch, minus its per-message tasks.
 
@@ -284,6 +294,11 @@ class _Puller:
         request: dict[str, Any] = {"batch": batch, "expires": expires}
         if no_wait:
             request["no_wait"] = True
+        else:
+            # Lingering: hand over the first message at once (the request keeps
+            # delivering the rest into the deque for the next fetch), so a lone
+            # event is not held until the batch fills or the request expires.
+            self._want = 1
         await self._nc.publish(self._next, orjson.dumps(request), reply=self._reply)
         while True:
             try:
@@ -760,11 +775,15 @@ class NatsBus:
         spec = stream_spec(stream)
         flt = nats_filter(check_pattern(pattern), check_tenant(tenant))
         position = (after or {}).get(0, 0)
-        sub: JetStreamContext.PullSubscription | None = None
+        reader: _Puller | None = None
+        name = ""
+        delivered = 0  # consumer sequence of the last message: a jump means a lost message
         try:
             while True:
-                if sub is None:  # (re)open an ordered reader at our own position
+                if reader is None:  # (re)open an ordered, ack-less reader at our own position
+                    name = f"spine-follow-{uuid.uuid4().hex[:16]}"
                     cfg = api.ConsumerConfig(
+                        name=name,
                         ack_policy=api.AckPolicy.NONE,
                         filter_subject=flt,
                         inactive_threshold=60.0,
@@ -773,22 +792,27 @@ class NatsBus:
                         opt_start_seq=position + 1,
                     )
                     try:
-                        sub = await self.js.pull_subscribe(flt, stream=spec.name, config=cfg)
+                        await self.js.add_consumer(spec.name, config=cfg)
+                        reader = await _Puller(self.nc, spec.name, name).start()
                     except (nats.errors.Error, TimeoutError) as exc:
                         raise _translate(exc, f"following {spec.name}") from exc
+                    delivered = 0
                 try:
-                    msgs = await sub.fetch(self.config.fetch_batch, timeout=_FETCH_WAIT_S)
-                except TimeoutError:  # nats' TimeoutError, or asyncio's that fetch() also raises
-                    continue
-                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    msgs = await reader.fetch(self.config.fetch_batch, _FETCH_WAIT_S)
+                except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                     log.warning("follow %s: %s; reopening at seq %d", spec.name, exc, position + 1)
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-                    sub = None
+                    await self._close_reader(spec.name, name, reader)
+                    reader = None
                     await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
-                    seq, _ = _position(msg)
+                    seq, consumer_seq = _stream_and_consumer_seq(msg)
+                    if consumer_seq != delivered + 1:  # a message went missing: reopen after the last one we have
+                        log.warning("follow %s: gap after seq %d; reopening", spec.name, position)
+                        await self._close_reader(spec.name, name, reader)
+                        reader = None
+                        break
+                    delivered = consumer_seq
                     if seq <= position:
                         continue
                     position = seq
@@ -797,9 +821,14 @@ class NatsBus:
                     except SchemaError as exc:
                         yield Undecodable(spec.name, seq, msg.subject, msg.data, str(exc))
         finally:
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            if reader is not None:
+                await self._close_reader(spec.name, name, reader)
+
+    async def _close_reader(self, stream: str, name: str, reader: _Puller) -> None:
+        with contextlib.suppress(Exception):
+            await reader.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self.js.delete_consumer(stream, name)
 
     async def checkpoints(self) -> CheckpointStore:
         if self._checkpoints is None:
