@@ -174,7 +174,8 @@ class KafkaBus:
         self._txn_lock = asyncio.Lock()
         self._reader_lock = asyncio.Lock()
         self._checkpoints: KafkaCheckpoints | None = None
-        self.members: set[Any] = set()  # kafka_group._Member, closed with the bus
+        self.members: set[Member] = set()  # closed with the bus
+        self._consumers: set[Any] = set()  # of replay and follow: closed with the bus too
         self.topics = {spec.kafka_topic: spec for spec in CATALOG}
 
     # -- lifecycle -----------------------------------------------------------------
@@ -201,7 +202,7 @@ class KafkaBus:
                 await self._admin.start()
                 # Short fetch waits: `offsets` fetches only to read high watermarks (Tansu mishandles 0).
                 self._reader = AIOKafkaConsumer(**self.client_options(), enable_auto_commit=False, fetch_max_wait_ms=10)
-                await self._reader.start()
+                await _start(self._reader)
                 break
             except (kerr.KafkaError, OSError) as exc:
                 await self._stop_clients()
@@ -233,6 +234,10 @@ class KafkaBus:
     async def aclose(self) -> None:
         for member in list(self.members):
             await member.close()
+        # A reader its caller left suspended (a cancelled task) would never stop its consumer.
+        for consumer in list(self._consumers):
+            await _stop(consumer)
+        self._consumers.clear()
         await self._stop_clients()
 
     async def _stop_clients(self) -> None:
@@ -609,8 +614,9 @@ class KafkaBus:
     ) -> AsyncIterator[Any]:
         """Records of each partition's range, partition by partition, with a consumer of its own."""
         consumer = AIOKafkaConsumer(**self.client_options(), enable_auto_commit=False, max_poll_records=1000)
+        self._consumers.add(consumer)
         try:
-            await consumer.start()
+            await _start(consumer)
             for (topic, p), (lo, hi) in sorted(ranges.items()):
                 tp = TopicPartition(topic, p)
                 stop = scan_to[tp] if scan_to is not None else hi
@@ -631,6 +637,7 @@ class KafkaBus:
         except kerr.KafkaError as exc:
             raise _translate(exc, "reading records") from exc
         finally:
+            self._consumers.discard(consumer)
             await _stop(consumer)
 
     async def follow(
@@ -652,8 +659,9 @@ class KafkaBus:
                 raise InvalidArgument(f"follow {spec.name}: position {seen} is not in partition {tp.partition}")
             starts[tp] = first[tp] if seen is None else max(first[tp], split_position(seen)[1] + 1)
         consumer = AIOKafkaConsumer(**self.client_options(), enable_auto_commit=False, max_poll_records=1000)
+        self._consumers.add(consumer)
         try:
-            await consumer.start()
+            await _start(consumer)
             consumer.assign(tps)
             for tp, offset in starts.items():
                 consumer.seek(tp, offset)
@@ -666,6 +674,7 @@ class KafkaBus:
         except kerr.KafkaError as exc:
             raise _translate(exc, f"following {spec.name}") from exc
         finally:
+            self._consumers.discard(consumer)
             await _stop(consumer)
 
     def _follow_item(self, spec: StreamSpec, flt: str, rec: Any) -> Record | Undecodable | None:
@@ -838,7 +847,7 @@ class GroupConsumer:
 
     async def start(self, topics: list[str], member: Member) -> None:
         try:
-            await self.consumer.start()
+            await _start(self.consumer)
             self.consumer.subscribe(topics, listener=_Listener(member))
         except kerr.KafkaError as exc:
             raise _translate(exc, f"joining group {self.group}") from exc
@@ -875,13 +884,26 @@ class GroupConsumer:
         await _stop(self.consumer)
 
 
+async def _start(consumer: Any) -> None:
+    await consumer.start()
+    # Let aiokafka's helper task take its first step: one cancelled before it ever
+    # ran re-raises CancelledError from stop() and leaves the sockets open.
+    await asyncio.sleep(0)
+
+
 async def _stop(client: Any) -> None:
     """Stop an aiokafka client, quietly: it is going away either way."""
     try:
         await client.stop()
     except asyncio.CancelledError:
-        # A consumer stopped right after start re-raises the CancelledError of a helper
-        # task that never ran (aiokafka's NoGroupCoordinator); only a real cancel goes on.
+        # stop() can raise a CancelledError midway: a helper task cancelled before it
+        # ran (see ``_start``), or the coordination task of a member stopped from a
+        # task being cancelled. Close what it skipped, then let a real cancel go on.
+        for part in ("_fetcher", "_client"):
+            inner = getattr(client, part, None)
+            if inner is not None:
+                with contextlib.suppress(Exception):
+                    await inner.close()
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
