@@ -313,35 +313,47 @@ class Runner(Generic[S]):
             self.health.positions[key] = max(self.health.positions.get(key, 0), record.seq)
 
     def _rejected(self, record: Record, event: Event, reason: str, index: int, kind: str = "rejected") -> Event:
-        letter = dead_letter(
-            "late" if kind == "late" else "rejected",
-            reason,
-            raw=_encode(event),
-            stream=record.stream,
-            broker_subject=record.subject,
-            seq=record.seq,
-            group=self.processor.name,
-            deliveries=1,
-            original_id=event.id,
-            original_type=event.type,
-            partition=record.partition,
-            tenant=event.tenant,
-        )
-        # Deterministic per input, so a re-run after a crash re-sends the same letter.
-        return letter.model_copy(update={"id": derived_id(f"{self.processor.name}/dlq", event.id, index)})
+        return rejection_letter(self.processor.name, record, event, reason, index, kind)
 
     def _undecodable(self, record: Undecodable) -> Event:
-        return dead_letter(
-            "undecodable",
-            record.reason,
-            raw=record.raw,
-            stream=record.stream,
-            broker_subject=record.subject,
-            seq=record.seq,
-            group=self.processor.name,
-            deliveries=1,
-            partition=record.partition,
-        )
+        return undecodable_letter(self.processor.name, record)
+
+
+def rejection_letter(
+    processor: str, record: Record, event: Event, reason: str, index: int, kind: str = "rejected"
+) -> Event:
+    """The dead letter for input ``event`` that ``processor`` rejected (or failed on)."""
+    letter = dead_letter(
+        "late" if kind == "late" else "rejected",
+        reason,
+        raw=_encode(event),
+        stream=record.stream,
+        broker_subject=record.subject,
+        seq=record.seq,
+        group=processor,
+        deliveries=1,
+        original_id=event.id,
+        original_type=event.type,
+        partition=record.partition,
+        tenant=event.tenant,
+    )
+    # Deterministic per input, so a re-run after a crash re-sends the same letter.
+    return letter.model_copy(update={"id": derived_id(f"{processor}/dlq", event.id, index)})
+
+
+def undecodable_letter(processor: str, record: Undecodable) -> Event:
+    """The dead letter for a stored message that is not a valid event."""
+    return dead_letter(
+        "undecodable",
+        record.reason,
+        raw=record.raw,
+        stream=record.stream,
+        broker_subject=record.subject,
+        seq=record.seq,
+        group=processor,
+        deliveries=1,
+        partition=record.partition,
+    )
 
 
 def _full(pattern: str) -> str:
