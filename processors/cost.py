@@ -21,6 +21,7 @@ is rejected as ``late`` and dead-lettered, never silently dropped.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ class CostProcessor:
         watermark = state.watermarks.get(event.tenant)
         if watermark is None:
             watermark = state.watermarks[event.tenant] = Watermark(state.lateness_s)
-        if watermark.closed(day_start_ts(day + timedelta(days=1))):
+        if watermark.closed(_next_day_ts(day)):
             return (
                 Reject(
                     "late",
@@ -178,16 +179,15 @@ class CostProcessor:
             "project": call.project,
             "session": call.session_id,
         }
-        for period in PERIODS:
-            start = bucket_start(day, period)
-            bucket = start.isoformat()
-            state.open_buckets.setdefault((event.tenant, period, bucket), bucket_end(start, period).isoformat())
+        for period, bucket, end in _buckets_of(day):
+            state.open_buckets.setdefault((event.tenant, period, bucket), end)
             for dim, key in keys.items():
                 if key is None:
                     continue
-                total = state.totals.get((event.tenant, period, bucket, dim, key))
+                total_key = (event.tenant, period, bucket, dim, key)
+                total = state.totals.get(total_key)
                 if total is None:
-                    total = state.totals[(event.tenant, period, bucket, dim, key)] = Total()
+                    total = state.totals[total_key] = Total()
                 total.cost += cost
                 total.calls += 1
                 total.input_tokens += call.input_tokens
@@ -274,7 +274,7 @@ class CostProcessor:
         closed = [
             (period, bucket)
             for (t, period, bucket), end in state.open_buckets.items()
-            if t == tenant and day_start_ts(date.fromisoformat(end)) <= wm
+            if t == tenant and _end_ts(end) <= wm
         ]
         if not closed:
             return []
@@ -314,6 +314,27 @@ class CostProcessor:
         state.budgets_fired = set(snapshot["budgets_fired"])
         state.unpriced_models = set(snapshot["unpriced_models"])
         return state
+
+
+@functools.lru_cache(maxsize=1024)
+def _buckets_of(day: date) -> tuple[tuple[Period, str, str], ...]:
+    """(period, bucket start, bucket end) of ``day``, ISO dates: the same for every call that day."""
+    out = []
+    for period in PERIODS:
+        start = bucket_start(day, period)
+        out.append((period, start.isoformat(), bucket_end(start, period).isoformat()))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _next_day_ts(day: date) -> float:
+    return day_start_ts(day + timedelta(days=1))
+
+
+@functools.lru_cache(maxsize=4096)
+def _end_ts(end: str) -> float:
+    """Epoch seconds of an ISO bucket end (checked for every open bucket on every call)."""
+    return day_start_ts(date.fromisoformat(end))
 
 
 def build(config: dict[str, Any] | None) -> CostProcessor:
