@@ -24,6 +24,14 @@ Python loop on this machine, to put absolute rates in perspective.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where benchmarks/processors.py
+# would shadow the `processors` package: look in this folder last.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
 import argparse
 import asyncio
 import contextlib

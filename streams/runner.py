@@ -74,7 +74,7 @@ class RunnerConfig:
     replicas: int = 1
     replica: int = 0
     batch_max: int = 1000
-    batch_wait_s: float = 0.05
+    batch_wait_s: float = 0.01
     seen_ids: int = DEFAULT_SEEN_IDS
     tenant: str = "*"
     group: str | None = None  # checkpoint namespace; default: the processor's name
@@ -253,7 +253,12 @@ class Runner(Generic[S]):
             if stop.is_set():
                 break
             try:
-                batch.append(await asyncio.wait_for(queue.get(), timeout=max(remaining, 0.05)))
+                # Idle: wake now and then to notice a stop. With records in hand, linger
+                # only until batch_wait_s after the first one (latency of a lone event).
+                record = await asyncio.wait_for(queue.get(), timeout=remaining if batch else max(remaining, 0.05))
+                if not batch:
+                    deadline = asyncio.get_running_loop().time() + self.config.batch_wait_s
+                batch.append(record)
             except TimeoutError:
                 if batch:
                     break
