@@ -1,6 +1,9 @@
 """Bus throughput and memory on the embedded NATS, against raw nats-py in the same run.
 
-    python benchmarks/bus.py [--quick]
+    python benchmarks/bus.py [--quick] [--transport nats|kafka]
+
+``--transport kafka`` measures Spine on Kafka against raw aiokafka instead, on
+Tansu brokers it starts itself (``benchmarks/_bus_kafka.py`` says how).
 
 Starts its own nats-server (``streams.embedded.NatsServer``) on a free port in a
 temporary directory and prints one JSON object per line (DESIGN.md, Conventions):
@@ -18,6 +21,14 @@ who goes first); each side reads and writes its own tenant's copy of the events.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, where benchmarks/processors.py
+# would shadow the `processors` package: look in this folder last.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 import argparse
 import asyncio
@@ -417,6 +428,7 @@ def memory(url: str, plan: Plan) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    parser.add_argument("--transport", choices=["nats", "kafka"], default="nats", help="the broker to measure on")
     parser.add_argument("--child", choices=["spine", "raw"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--tenant", help=argparse.SUPPRESS)
@@ -426,6 +438,12 @@ def main() -> None:
         print(json.dumps(asyncio.run(memory_child(args.child, args.url, args.tenant, args.n))))
         return
     plan = PLANS["quick" if args.quick else "full"]
+    if args.transport == "kafka":
+        from _bus_kafka import kafka_rows  # the Kafka mode lives next door; aiokafka only loads for it
+
+        for row in kafka_rows(plan.reps, plan.events, line, progress):
+            emit(row | {"mode": plan.mode})
+        return
     with tempfile.TemporaryDirectory(prefix="spine-bench-") as tmp, NatsServer(Path(tmp)) as server:
         start = time.perf_counter()
         for row in asyncio.run(throughput(server.url, plan)):

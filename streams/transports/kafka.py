@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -34,6 +35,7 @@ import aiokafka.errors as kerr
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.partitioner import murmur2
 
 from schemas import Event, SchemaError, decode, encode
 from streams.bus import (
@@ -174,6 +176,8 @@ class KafkaBus:
         self._txn_lock = asyncio.Lock()
         self._reader_lock = asyncio.Lock()
         self._checkpoints: KafkaCheckpoints | None = None
+        self._producer_partitions: dict[str, list[int]] = {}
+        self._windows = {spec.name: self.config.stream(spec.name).duplicate_window_s for spec in CATALOG}
         self.members: set[Member] = set()  # closed with the bus
         self._consumers: set[Any] = set()  # of replay and follow: closed with the bus too
         self.topics = {spec.kafka_topic: spec for spec in CATALOG}
@@ -444,7 +448,7 @@ class KafkaBus:
     ) -> PublishAck:
         now = time.monotonic()
         if msg_id is not None:
-            seen = self._recent.get(msg_id, self.config.stream(spec.name).duplicate_window_s, now)
+            seen = self._recent.get(msg_id, self._windows[spec.name], now)
             if seen is not None:
                 return seen
         try:
@@ -458,20 +462,28 @@ class KafkaBus:
         return ack
 
     async def publish_many(self, events: Iterable[Event]) -> list[PublishAck]:
-        """Pipeline sends (up to ``publish_window`` unacked), then await every ack."""
+        """Fill one producer batch per partition, send each when full, and await every ack.
+
+        At most ``publish_window`` events wait for acks at a time. Batches skip
+        aiokafka's per-message futures and partitioner calls: the partition is the
+        default partitioner's (murmur2 of the key), cached per key, so per-key
+        order matches any other client's.
+        """
+        producer = self.producer
         acks: list[PublishAck | None] = []
         repeats: list[tuple[int, int]] = []  # (index, index of the first event with that id)
         first: dict[str, int] = {}
-        pending: list[tuple[int, str, str, asyncio.Future[Any]]] = []
+        filling: dict[tuple[str, int], _Filling] = {}
+        sent: list[_Sent] = []
+        waiting = 0
         now = time.monotonic()
-        window = self.config.publish_window
         try:
             async with self._transaction():
                 for event in events:
                     index = len(acks)
                     acks.append(None)
                     spec = stream_for_type(event.type)
-                    seen = self._recent.get(event.id, self.config.stream(spec.name).duplicate_window_s, now)
+                    seen = self._recent.get(event.id, self._windows[spec.name], now)
                     if seen is not None:
                         acks[index] = seen
                         continue
@@ -480,12 +492,33 @@ class KafkaBus:
                         continue
                     first[event.id] = index
                     key = kafka_key(event.tenant, event.subject)
-                    future = await self.producer.send(spec.kafka_topic, encode(event), key=key, headers=_headers(event))
-                    pending.append((index, spec.name, event.id, future))
-                    if len(pending) >= window:
-                        await self._settle(pending, acks, now)
-                        pending = []
-                await self._settle(pending, acks, now)
+                    topic = spec.kafka_topic
+                    partition = await self._partition(topic, key)
+                    batch = filling.get((topic, partition))
+                    if batch is None:
+                        batch = filling[topic, partition] = _Filling(
+                            spec.name, topic, partition, producer.create_batch()
+                        )
+                    value, headers = encode(event), _headers(event)
+                    if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                        sent.append(await batch.send(producer))
+                        batch = filling[topic, partition] = _Filling(
+                            spec.name, topic, partition, producer.create_batch()
+                        )
+                        if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                            raise PublishError(
+                                f"event {event.id} ({len(value)} bytes) does not fit in one producer batch",
+                                hint="raise SPINE_BUS__KAFKA__MAX_BATCH_BYTES",
+                            )
+                    batch.entries.append((index, event.id))
+                    waiting += 1
+                    if waiting >= self.config.publish_window:
+                        sent += [await b.send(producer) for b in filling.values()]
+                        filling.clear()
+                        await self._settle(sent, acks, now)
+                        sent, waiting = [], 0
+                sent += [await b.send(producer) for b in filling.values()]
+                await self._settle(sent, acks, now)
         except kerr.KafkaError as exc:
             raise self._publish_error(exc, "batched publish") from exc
         for index, original in repeats:
@@ -494,17 +527,23 @@ class KafkaBus:
             acks[index] = PublishAck(ack.stream, ack.seq, duplicate=True)
         return [ack for ack in acks if ack is not None]
 
-    async def _settle(
-        self, pending: list[tuple[int, str, str, asyncio.Future[Any]]], acks: list[PublishAck | None], now: float
-    ) -> None:
-        results = await asyncio.gather(*(f for *_, f in pending), return_exceptions=True)
+    async def _partition(self, topic: str, key: bytes) -> int:
+        partitions = self._producer_partitions.get(topic)
+        if partitions is None:
+            partitions = sorted(await self.producer.partitions_for(topic))
+            self._producer_partitions[topic] = partitions
+        return _partition_of(key, tuple(partitions))
+
+    async def _settle(self, sent: list[_Sent], acks: list[PublishAck | None], now: float) -> None:
+        results = await asyncio.gather(*(s.future for s in sent), return_exceptions=True)
         failure: BaseException | None = None
-        for (index, stream, msg_id, _), result in zip(pending, results, strict=True):
+        for batch, result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
                 failure = failure or result
                 continue
-            acks[index] = ack = PublishAck(stream, position(result.partition, result.offset))
-            self._recent.add(msg_id, ack, now)  # even if another send failed: a retry skips these
+            for i, (index, msg_id) in enumerate(batch.entries):
+                acks[index] = ack = PublishAck(batch.stream, position(batch.partition, result.offset + i))
+                self._recent.add(msg_id, ack, now)  # even if another batch failed: a retry skips these
         if failure is not None:
             raise failure
 
@@ -813,6 +852,46 @@ class KafkaBus:
             )
         except kerr.KafkaError as exc:
             raise self._publish_error(exc, f"marking {spec.name} position {seq} deleted") from exc
+
+
+@functools.lru_cache(maxsize=65536)
+def _partition_of(key: bytes, partitions: tuple[int, ...]) -> int:
+    """aiokafka's (and the Java client's) default partitioner for a non-null key."""
+    return partitions[(int(murmur2(key)) & 0x7FFFFFFF) % len(partitions)]
+
+
+class _Filling:
+    """A producer batch being filled for one partition, and which events it holds."""
+
+    __slots__ = ("builder", "entries", "partition", "stream", "topic")
+
+    def __init__(self, stream: str, topic: str, partition: int, builder: Any) -> None:
+        self.stream = stream
+        self.topic = topic
+        self.partition = partition
+        self.builder = builder
+        self.entries: list[tuple[int, str]] = []  # (index in the call, event id)
+
+    @classmethod
+    def open(
+        cls, filling: dict[tuple[str, int], _Filling], stream: str, topic: str, partition: int, producer: Any
+    ) -> _Filling:
+        filling[topic, partition] = batch = cls(stream, topic, partition, producer.create_batch())
+        return batch
+
+    async def send(self, producer: Any) -> _Sent:
+        future = await producer.send_batch(self.builder, self.topic, partition=self.partition)
+        return _Sent(self.stream, self.partition, self.entries, future)
+
+
+class _Sent:
+    __slots__ = ("entries", "future", "partition", "stream")
+
+    def __init__(self, stream: str, partition: int, entries: list[tuple[int, str]], future: Any) -> None:
+        self.stream = stream
+        self.partition = partition
+        self.entries = entries
+        self.future = future
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from schemas import Event, SchemaError, decode
+from schemas import Event, SchemaError
 from streams.bus import PublishAck, StartAt
 from streams.catalog import StreamSpec, nats_subject, subject_matches
 from streams.config import BusConfig
@@ -42,11 +43,11 @@ from streams.transports.kafka_ledger import (
     HEADER_ID,
     HEADER_TYPE,
     PartitionLedger,
+    decode_record,
     fallback_subject,
     header_map,
     position,
     split_key,
-    subject_of_record,
 )
 
 log = logging.getLogger("spine.streams.kafka")
@@ -138,6 +139,8 @@ class Member:
         self.snapshot: dict[TP, int] = {}
         self.max_in_flight = max(1000, self.config.fetch_batch * 8)
         self.changed = asyncio.Event()
+        self.waiting = 0  # tasks waiting on `changed`: settling wakes them only if any
+        self._matches = functools.lru_cache(maxsize=4096)(functools.partial(subject_matches, flt))
         self.commit_lock = asyncio.Lock()
         self.last_commit = 0.0
         self.failure: StreamError | None = None
@@ -221,9 +224,7 @@ class Member:
         deadline = loop.time() + min(self.config.ack_wait_s, 30.0)
         going = set(ledgers)
         while loop.time() < deadline and any(s.out and s.ledger in going and s.due > loop.time() for s in self.holding):
-            changed = self.changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), max(0.0, deadline - loop.time()))
+            await self._wait_change(deadline - loop.time())
         try:
             await self.commit(ledgers)
         except StreamError as exc:
@@ -252,9 +253,7 @@ class Member:
             await self.commit()  # the fetched batch is done
             wait = min(1.0, max(0.0, self.next_due - loop.time()))
             if len(self.holding) >= self.max_in_flight:
-                changed = self.changed
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), max(wait, 0.05))
+                await self._wait_change(max(wait, 0.05))
                 continue
             for tp, records in (await self.client.fetch(wait, self.config.fetch_batch)).items():
                 ledger = self.ledgers.get(tp)
@@ -272,23 +271,31 @@ class Member:
         return None
 
     async def _admit(self, ledger: PartitionLedger, record: Any, now: float) -> KafkaDelivery | None:
-        headers = header_map(record.headers)
-        if record.value is None or HEADER_DELETED in headers:
-            return None  # a tombstone or a DLQ deletion marker: no event in it
-        hinted = subject_of_record(record.key, headers)
-        if hinted is not None and not subject_matches(self.filter, hinted):
+        type_header: bytes | None = None
+        for name, value in record.headers:
+            if name == HEADER_TYPE:
+                type_header = value
+            elif name == HEADER_DELETED:
+                return None  # a DLQ deletion marker
+        if record.value is None:
+            return None  # a tombstone: no event in it
+        hint = _hint(record.key, type_header)
+        if hint is not None and not self._matches(hint[0]):
             return None
         try:
-            event = decode(record.value)
+            event = decode_record(record.value, type_header)
         except SchemaError as exc:
-            subject = hinted or fallback_subject(record.key, self.streams[ledger.topic])
+            subject = hint[0] if hint else fallback_subject(record.key, self.streams[ledger.topic])
             ledger.hold(record.offset)  # not committed past until the letter is stored
             await self._dead_letter("undecodable", str(exc), ledger, record, subject, 1, None)
             ledger.settle(record.offset)
             return None
-        subject = nats_subject(event.tenant, event.type, event.subject)
-        if subject != hinted and not subject_matches(self.filter, subject):
-            return None
+        if hint is not None and hint[1] == (event.tenant, event.type, event.subject):
+            subject = hint[0]  # the key and header said what the body says
+        else:
+            subject = _subject(event.tenant, event.type, event.subject)
+            if not self._matches(subject):
+                return None
         slot = _Slot(ledger, record, event, subject)
         ledger.hold(record.offset)
         self.holding[slot] = None
@@ -299,8 +306,7 @@ class Member:
         slot.token += 1
         slot.out = True
         backoff = self.config.backoff_s
-        wait = backoff[min(slot.attempts - 1, len(backoff) - 1)] if backoff else self.config.ack_wait_s
-        slot.due = now + wait
+        slot.due = now + (backoff[min(slot.attempts - 1, len(backoff) - 1)] if backoff else self.config.ack_wait_s)
         self.next_due = min(self.next_due, slot.due)
         return KafkaDelivery(self, slot)
 
@@ -394,8 +400,37 @@ class Member:
                     ledger.committed = offsets.get((ledger.topic, ledger.partition), ledger.committed)
 
     def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self.waiting:
+            self.changed.set()
+            self.changed = asyncio.Event()
+
+    async def _wait_change(self, seconds: float) -> None:
+        changed = self.changed
+        self.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), max(0.0, seconds))
+        finally:
+            self.waiting -= 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _subject(tenant: str, type_name: str, key: str) -> str:
+    """``nats_subject``, cached: a stream repeats a few keys, and escaping costs."""
+    return nats_subject(tenant, type_name, key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hint(key: bytes | None, type_header: bytes | None) -> tuple[str, tuple[str, str, str]] | None:
+    """What a record's key and ``type`` header say: its subject and (tenant, type, key)."""
+    parsed = split_key(key)
+    if parsed is None or not type_header:
+        return None
+    try:
+        type_name = type_header.decode()
+    except UnicodeDecodeError:
+        return None
+    return _subject(parsed[0], type_name, parsed[1]), (parsed[0], type_name, parsed[1])
 
 
 def _text(value: bytes | None) -> str | None:

@@ -12,7 +12,11 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from pydantic import ValidationError
+
+from schemas import Event, decode
 from schemas.envelope import TENANT_PATTERN
+from schemas.registry import EVENT_TYPES
 from streams.bus import PublishAck
 from streams.catalog import StreamSpec, escape_token, nats_subject, unescape_token
 
@@ -93,6 +97,22 @@ def fallback_subject(key: bytes | None, spec: StreamSpec) -> str:
     parsed = split_key(key)
     tenant, subject = parsed if parsed is not None else ("default", "")
     return f"spine.{tenant}.{spec.families[0]}.{escape_token(subject)}"
+
+
+def decode_record(value: bytes, type_header: bytes | None) -> Event:
+    """``schemas.decode``, faster when the ``type`` header names the model.
+
+    One pass of pydantic's JSON validation instead of orjson + validation of a
+    dict. If the header is missing, unknown or wrong, or the body is invalid,
+    ``decode`` runs and says what is wrong, so the result (or the error) is the same.
+    """
+    cls = EVENT_TYPES.get(type_header.decode(errors="replace")) if type_header else None
+    if cls is not None:
+        try:
+            return cls.model_validate_json(value)  # type: ignore[return-value]
+        except ValidationError:
+            pass
+    return decode(value)
 
 
 class PartitionLedger:
