@@ -97,19 +97,31 @@ class _Slot:
 class KafkaDelivery:
     """A Kafka record handed to one group member."""
 
-    __slots__ = ("_member", "_slot", "_token", "attempt", "event", "offset", "partition", "seq", "stream", "subject")
+    __slots__ = ("_member", "_slot", "_token", "attempt", "event", "subject")
 
     def __init__(self, member: Member, slot: _Slot) -> None:
         self._member = member
         self._slot = slot
         self._token = slot.token
         self.event = slot.event
-        self.stream = slot.ledger.stream
-        self.partition = slot.ledger.partition
-        self.offset: int = slot.record.offset
-        self.seq = position(self.partition, self.offset)
         self.subject = slot.subject
         self.attempt = slot.attempts
+
+    @property
+    def stream(self) -> str:
+        return self._slot.ledger.stream
+
+    @property
+    def partition(self) -> int:
+        return self._slot.ledger.partition
+
+    @property
+    def offset(self) -> int:
+        return int(self._slot.record.offset)
+
+    @property
+    def seq(self) -> int:
+        return position(self._slot.ledger.partition, self._slot.record.offset)
 
     async def ack(self) -> None:
         self._member.settle(self._slot)
@@ -145,6 +157,8 @@ class Member:
         self.last_commit = 0.0
         self.failure: StreamError | None = None
         self.closed = False
+        self.ack_wait = self.config.ack_wait_s
+        self.commit_interval = self.config.kafka.commit_interval_s
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -243,10 +257,10 @@ class Member:
             if self.closed:
                 raise ConsumerError(f"group {self.group}: the subscription is closed", hint="subscribe again")
             now = loop.time()
-            if now - self.last_commit >= self.config.kafka.commit_interval_s:
+            if now - self.last_commit >= self.commit_interval:
                 await self.commit()
-            delivery = await self._redeliver(now)
-            if delivery is None:
+            delivery = await self._redeliver(now) if now >= self.next_due else None
+            if delivery is None and self.buffer:
                 delivery = await self._take(now)
             if delivery is not None:
                 return delivery
@@ -306,8 +320,8 @@ class Member:
         slot.token += 1
         slot.out = True
         backoff = self.config.backoff_s
-        slot.due = now + (backoff[min(slot.attempts - 1, len(backoff) - 1)] if backoff else self.config.ack_wait_s)
-        self.next_due = min(self.next_due, slot.due)
+        slot.due = due = now + (backoff[min(slot.attempts - 1, len(backoff) - 1)] if backoff else self.ack_wait)
+        self.next_due = min(self.next_due, due)
         return KafkaDelivery(self, slot)
 
     async def _redeliver(self, now: float) -> KafkaDelivery | None:
