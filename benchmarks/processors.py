@@ -53,14 +53,14 @@ from nats.js import api
 # `processors` package: drop the folder before importing Spine.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import streams  # noqa: E402
-from processors.cost import Budget, CostConfig, CostProcessor, ModelPrice, PriceTable  # noqa: E402
-from schemas import encode, make_event, uuid7  # noqa: E402
-from streams.catalog import nats_subject  # noqa: E402
-from streams.config import KafkaSettings  # noqa: E402
-from streams.embedded import NatsServer  # noqa: E402
-from streams.embedded_kafka import TansuBroker  # noqa: E402
-from streams.runner import Runner, RunnerConfig  # noqa: E402
+import streams
+from processors.cost import Budget, CostConfig, CostProcessor, ModelPrice, PriceTable
+from schemas import encode, make_event, uuid7
+from streams.catalog import nats_subject
+from streams.config import KafkaSettings
+from streams.embedded import NatsServer
+from streams.embedded_kafka import TansuBroker
+from streams.runner import Runner, RunnerConfig
 
 PRICES = PriceTable(
     version="bench-1",
