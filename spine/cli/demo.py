@@ -130,7 +130,7 @@ async def _demo(*, quiet: bool) -> dict[str, Any]:
 
         decisions_summary = await demo_decisions(bus, tenant, quiet=quiet)
     say(
-        "\nTry next:\n"
+        "\nTry next (spine is .venv/bin/spine; `source .venv/bin/activate` puts it on PATH):\n"
         "  spine streams list\n"
         "  spine dlq list\n"
         f"  spine consume '>' --group me --tenant {tenant} --from-start --limit 5\n"
