@@ -17,8 +17,10 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from streams.errors import BrokerUnavailable
 
@@ -156,14 +158,7 @@ class NatsServer:
         raise BrokerUnavailable(f"nats-server did not become healthy within {timeout:.0f}s", hint=f"see {log_file}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process, timeout)
 
     def __enter__(self) -> NatsServer:
         self.start()
@@ -180,21 +175,51 @@ def _tail(path: Path, lines: int = 3) -> str:
         return "(no log)"
 
 
-# -- the detached broker the CLI manages -------------------------------------------
-
-
-def read_state(data_dir: Path) -> BrokerState | None:
-    """The recorded broker, if its process is still alive."""
-    path = Path(data_dir) / STATE_FILE
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM a child broker, SIGKILL it if it does not exit within ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
     try:
-        state = BrokerState(**json.loads(path.read_text()))
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+# -- detached brokers the CLI manages: a JSON state file with the pid ----------------
+
+T = TypeVar("T")
+
+
+def load_state_file(path: Path, factory: Callable[..., T], pid_of: Callable[[T], int]) -> T | None:
+    """The recorded broker in ``path`` if its process is alive; a stale file is removed."""
+    try:
+        state = factory(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    if not _pid_alive(state.pid):
+    if not _pid_alive(pid_of(state)):
         with contextlib.suppress(OSError):
             path.unlink()
         return None
     return state
+
+
+def terminate_recorded(path: Path, pid: int, timeout: float = 10.0) -> None:
+    """Stop a detached broker by pid (SIGTERM, then SIGKILL) and remove its state file."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def read_state(data_dir: Path) -> BrokerState | None:
+    """The recorded broker, if its process is still alive."""
+    return load_state_file(Path(data_dir) / STATE_FILE, BrokerState, lambda state: state.pid)
 
 
 def start_detached(data_dir: Path, port: int | None = None) -> tuple[BrokerState, bool]:
@@ -203,8 +228,7 @@ def start_detached(data_dir: Path, port: int | None = None) -> tuple[BrokerState
     existing = read_state(data_dir)
     if existing is not None:
         return existing, False
-    server = NatsServer(data_dir, port, detach=True)
-    state = server.start()
+    state = NatsServer(data_dir, port, detach=True).start()
     (data_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
     return state, True
 
@@ -212,14 +236,6 @@ def start_detached(data_dir: Path, port: int | None = None) -> tuple[BrokerState
 def stop_detached(data_dir: Path, timeout: float = 10.0) -> BrokerState | None:
     """Stop the recorded broker; returns what was stopped, or None if none ran."""
     state = read_state(Path(data_dir))
-    if state is None:
-        return None
-    os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(state.pid):
-        time.sleep(0.05)
-    if _pid_alive(state.pid):
-        os.kill(state.pid, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        (Path(data_dir) / STATE_FILE).unlink()
+    if state is not None:
+        terminate_recorded(Path(data_dir) / STATE_FILE, state.pid, timeout)
     return state

@@ -10,11 +10,9 @@ transactions off (``SPINE_BUS__KAFKA__IDEMPOTENCE=false``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -22,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from streams.embedded import _pid_alive, _tail, free_port
+from streams.embedded import _tail, free_port, load_state_file, stop_process, terminate_recorded
 from streams.errors import BrokerUnavailable
 
 STATE_FILE = "kafka-broker.json"
@@ -142,14 +140,7 @@ class TansuBroker:
         raise BrokerUnavailable(f"tansu did not answer within {timeout:.0f}s", hint=f"see {log_file}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process, timeout)
 
     def __enter__(self) -> TansuBroker:
         self.start()
@@ -164,16 +155,7 @@ class TansuBroker:
 
 def read_state(data_dir: Path) -> KafkaBrokerState | None:
     """The recorded Kafka broker, if its process is still alive."""
-    path = Path(data_dir) / STATE_FILE
-    try:
-        state = KafkaBrokerState(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    if not _pid_alive(state.pid):
-        with contextlib.suppress(OSError):
-            path.unlink()
-        return None
-    return state
+    return load_state_file(Path(data_dir) / STATE_FILE, KafkaBrokerState, lambda state: state.pid)
 
 
 def start_detached(data_dir: Path, port: int | None = None) -> tuple[KafkaBrokerState, bool]:
@@ -182,8 +164,7 @@ def start_detached(data_dir: Path, port: int | None = None) -> tuple[KafkaBroker
     existing = read_state(data_dir)
     if existing is not None:
         return existing, False
-    broker = TansuBroker(data_dir, port, detach=True)
-    state = broker.start()
+    state = TansuBroker(data_dir, port, detach=True).start()
     (data_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
     return state, True
 
@@ -191,14 +172,6 @@ def start_detached(data_dir: Path, port: int | None = None) -> tuple[KafkaBroker
 def stop_detached(data_dir: Path, timeout: float = 10.0) -> KafkaBrokerState | None:
     """Stop the recorded Kafka broker; returns what was stopped, or None if none ran."""
     state = read_state(Path(data_dir))
-    if state is None:
-        return None
-    os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(state.pid):
-        time.sleep(0.05)
-    if _pid_alive(state.pid):
-        os.kill(state.pid, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        (Path(data_dir) / STATE_FILE).unlink()
+    if state is not None:
+        terminate_recorded(Path(data_dir) / STATE_FILE, state.pid, timeout)
     return state
