@@ -44,9 +44,9 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from schemas import Event, derived_id
+from schemas import Event, derived_id, encode
 from streams.bus import Bus, CheckpointStore, Record, Undecodable
-from streams.catalog import streams_for_pattern, subject_matches
+from streams.catalog import nats_filter, streams_for_pattern, subject_matches
 from streams.deadletters import dead_letter
 from streams.errors import InvalidArgument
 from streams.processing import (
@@ -226,11 +226,15 @@ class Runner(Generic[S]):
         records: AsyncIterator[Record | Undecodable] = self.bus.follow(
             stream, after=after, pattern=pattern, tenant=self.config.tenant
         )
+        # One broker-side filter covers the stream; several patterns are matched here.
+        subjects = [nats_filter(f, self.config.tenant) for f in filters] if len(filters) > 1 else []
         async for record in records:
-            if isinstance(record, Record) and len(filters) > 1:
-                tail = record.subject.split(".", 2)[2]
-                if not any(subject_matches(_full(f), tail) for f in filters):
-                    continue
+            if (
+                subjects
+                and isinstance(record, Record)
+                and not any(subject_matches(f, record.subject) for f in subjects)
+            ):
+                continue
             await queue.put(record)
 
     async def _collect(
@@ -331,7 +335,7 @@ def rejection_letter(
     letter = dead_letter(
         "late" if kind == "late" else "rejected",
         reason,
-        raw=_encode(event),
+        raw=encode(event),
         stream=record.stream,
         broker_subject=record.subject,
         seq=record.seq,
@@ -359,18 +363,3 @@ def undecodable_letter(processor: str, record: Undecodable) -> Event:
         deliveries=1,
         partition=record.partition,
     )
-
-
-def _full(pattern: str) -> str:
-    tokens = pattern.split(".")
-    if tokens[-1] != ">" and len(tokens) == 2:
-        return pattern + ".*"
-    if tokens[-1] != ">" and len(tokens) == 1:
-        return pattern + ".>"
-    return pattern
-
-
-def _encode(event: Event) -> bytes:
-    from schemas import encode
-
-    return encode(event)
