@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from connectors.archive.layout import quote
+from connectors.archive.layout import quote, range_clauses
 from connectors.archive.store import Archive
 
 
@@ -63,15 +63,5 @@ def export_parquet(
 
 
 def _filters(start: datetime | None, end: datetime | None, tenant: str | None) -> tuple[str, list[object]]:
-    where = ["true"]
-    params: list[object] = []
-    if start is not None:
-        params.append(start)
-        where.append(f"time >= ${len(params)}")
-    if end is not None:
-        params.append(end)
-        where.append(f"time < ${len(params)}")
-    if tenant is not None:
-        params.append(tenant)
-        where.append(f"tenant = ${len(params)}")
-    return " AND ".join(where), params
+    where, params = range_clauses(start, end, tenant)
+    return " AND ".join(["true", *where]), params

@@ -256,3 +256,14 @@ def views() -> list[str]:
 
 
 VIEW_NAMES: tuple[str, ...] = (*TABLES, *FAMILY_VIEWS, "events")
+
+
+def range_clauses(start: object | None, end: object | None, tenant: str | None) -> tuple[list[str], list[object]]:
+    """SQL clauses (with ``$n`` parameters) for a time range ``[start, end)`` and a tenant."""
+    where: list[str] = []
+    params: list[object] = []
+    for value, clause in ((start, "time >= "), (end, "time < "), (tenant, "tenant = ")):
+        if value is not None:
+            params.append(value)
+            where.append(f"{clause}${len(params)}")
+    return where, params

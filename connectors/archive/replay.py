@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from connectors.archive.errors import QueryError
-from connectors.archive.layout import ENVELOPE_NAMES, TABLE_FOR_TYPE, quote, stream_rank_sql
+from connectors.archive.layout import ENVELOPE_NAMES, TABLE_FOR_TYPE, quote, range_clauses, stream_rank_sql
 from connectors.archive.store import Archive
 from processors.base import Processor, PureRun
 from processors.runtime import DEFAULT_PARTITIONS, run_partitioned
@@ -111,17 +111,8 @@ def events_sql(
     tables = sorted({TABLE_FOR_TYPE[t].name for t in types} & set(available))
     if not tables:
         return "SELECT NULL AS doc WHERE false", []
-    where = [f"type IN ({', '.join(_literal(t) for t in types)})"]
-    params: list[Any] = []
-    if start is not None:
-        params.append(start)
-        where.append(f"time >= ${len(params)}")
-    if end is not None:
-        params.append(end)
-        where.append(f"time < ${len(params)}")
-    if tenant is not None:
-        params.append(tenant)
-        where.append(f"tenant = ${len(params)}")
+    ranged, params = range_clauses(start, end, tenant)
+    where = [f"type IN ({', '.join(_literal(t) for t in types)})", *ranged]
     if exclude_tenant is not None:
         params.append(exclude_tenant)
         where.append(f"tenant <> ${len(params)}")
