@@ -46,6 +46,14 @@ class _Buckets:
         """The oldest bucket index still in the window at ``now``."""
         return self.index(now) - self.buckets + 1
 
+    def _advance_floor(self, now: float) -> int | None:
+        """Move the expiry floor to ``now``'s window; the new floor, or None if it did not move."""
+        low = self.lowest(now) - 1
+        if self.floor is not None and low <= self.floor:
+            return None
+        self.floor = low
+        return low
+
 
 class RollingCounts(_Buckets):
     """Named counters over a sliding window, with running totals."""
@@ -78,10 +86,9 @@ class RollingCounts(_Buckets):
 
     def expire(self, now: float) -> None:
         """Drop the buckets that left the window at ``now`` from the data and the totals."""
-        low = self.lowest(now) - 1
-        if self.floor is not None and low <= self.floor:
+        low = self._advance_floor(now)
+        if low is None:
             return
-        self.floor = low
         old = [idx for idx in self.data if idx <= low]
         if not old:
             return
@@ -157,10 +164,9 @@ class RollingSeries(_Buckets):
         return True
 
     def expire(self, now: float) -> None:
-        low = self.lowest(now) - 1
-        if self.floor is not None and low <= self.floor:
+        low = self._advance_floor(now)
+        if low is None:
             return
-        self.floor = low
         old = [idx for idx in self.data if idx <= low]
         if not old:
             return
