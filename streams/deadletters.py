@@ -52,12 +52,13 @@ def dead_letter(
     original_type: str | None = None,
     partition: int | None = None,
     tenant: str | None = None,
+    letter_id: str | None = None,
 ) -> DeadLetterEvent:
-    """A ``dlq.<kind>`` event for the given original message."""
+    """A ``dlq.<kind>`` event for the given original message (``letter_id``: its own id, if set)."""
     position = f"{stream}:{partition if partition is not None else ''}:{seq}"
     log.warning("dead-lettered %s seq=%s (%s): %s", stream, seq, kind, reason)
     return DeadLetterEvent(
-        id=derived_id(f"dlq/{group or ''}", position, 0),
+        id=letter_id or derived_id(f"dlq/{group or ''}", position, 0),
         type=_TYPES[kind],
         dataschema=f"spine:{_TYPES[kind]}:1",  # type: ignore[arg-type]  # the validator checks it
         source="spine/streams",

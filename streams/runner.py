@@ -332,7 +332,7 @@ def rejection_letter(
     processor: str, record: Record, event: Event, reason: str, index: int, kind: str = "rejected"
 ) -> Event:
     """The dead letter for input ``event`` that ``processor`` rejected (or failed on)."""
-    letter = dead_letter(
+    return dead_letter(
         "late" if kind == "late" else "rejected",
         reason,
         raw=encode(event),
@@ -345,9 +345,9 @@ def rejection_letter(
         original_type=event.type,
         partition=record.partition,
         tenant=event.tenant,
+        # Deterministic per input, so a re-run after a crash re-sends the same letter.
+        letter_id=derived_id(f"{processor}/dlq", event.id, index),
     )
-    # Deterministic per input, so a re-run after a crash re-sends the same letter.
-    return letter.model_copy(update={"id": derived_id(f"{processor}/dlq", event.id, index)})
 
 
 def undecodable_letter(processor: str, record: Undecodable) -> Event:
