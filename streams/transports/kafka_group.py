@@ -145,7 +145,8 @@ class Member:
         self.streams = {spec.kafka_topic: spec for spec in specs}
         self.client = bus.group_client(group)
         self.ledgers: dict[TP, PartitionLedger] = {}
-        self.buffer: deque[tuple[PartitionLedger, Any]] = deque()
+        self.buffer: deque[tuple[PartitionLedger, Any]] = deque()  # fetched, not taken yet
+        self.assigning = 0  # on_assigned calls under way
         self.holding: dict[_Slot, None] = {}  # unsettled, in hand-out order
         self.next_due = math.inf
         self.snapshot: dict[TP, int] = {}
@@ -195,6 +196,14 @@ class Member:
 
     # -- rebalance -----------------------------------------------------------------
     async def on_assigned(self, assigned: list[TP]) -> None:
+        self.assigning += 1
+        try:
+            await self._assign(assigned)
+        finally:
+            self.assigning -= 1
+            self._notify()
+
+    async def _assign(self, assigned: list[TP]) -> None:
         try:
             starts: dict[TP, int] = {}
             fresh: list[TP] = []
@@ -216,7 +225,6 @@ class Member:
                 await self.commit()  # the group's start position is recorded: `lag` sees it from now on
         except StreamError as exc:
             self.failure = exc  # raised to the subscriber by next(); aiokafka would only log it
-        self._notify()
 
     async def _first_positions(self, fresh: list[TP]) -> dict[TP, int]:
         """Where a group with no commit starts: the snapshot for "new", the beginning for "all"."""
@@ -251,6 +259,7 @@ class Member:
     # -- deliveries ----------------------------------------------------------------
     async def next(self) -> KafkaDelivery:
         loop = asyncio.get_running_loop()
+        buffer = self.buffer
         while True:
             if self.failure is not None:
                 raise self.failure
@@ -259,32 +268,36 @@ class Member:
             now = loop.time()
             if now - self.last_commit >= self.commit_interval:
                 await self.commit()
-            delivery = await self._redeliver(now) if now >= self.next_due else None
-            if delivery is None and self.buffer:
-                delivery = await self._take(now)
-            if delivery is not None:
-                return delivery
+            if now >= self.next_due:
+                delivery = await self._redeliver(now)
+                if delivery is not None:
+                    return delivery
+            while buffer:
+                ledger, record = buffer.popleft()
+                if not ledger.active or not ledger.take(record.offset):
+                    continue  # revoked (the next owner has it), or taken already (a refetch after a seek)
+                slot = self._admit(ledger, record)
+                if slot is None:
+                    continue
+                if isinstance(slot, SchemaError):
+                    await self._undecodable(ledger, record, slot)
+                    continue
+                ledger.hold(record.offset)
+                self.holding[slot] = None
+                return self._hand_out(slot, now)
             await self.commit()  # the fetched batch is done
             wait = min(1.0, max(0.0, self.next_due - loop.time()))
-            if len(self.holding) >= self.max_in_flight:
+            if len(self.holding) >= self.max_in_flight or self.assigning:
+                # While partitions are being set up, records fetched for them would be dropped and re-read.
                 await self._wait_change(max(wait, 0.05))
                 continue
             for tp, records in (await self.client.fetch(wait, self.config.fetch_batch)).items():
-                ledger = self.ledgers.get(tp)
-                if ledger is not None and ledger.active:
-                    self.buffer.extend((ledger, record) for record in records)
+                owner = self.ledgers.get(tp)
+                if owner is not None and owner.active:
+                    buffer.extend([(owner, record) for record in records])
 
-    async def _take(self, now: float) -> KafkaDelivery | None:
-        while self.buffer:
-            ledger, record = self.buffer.popleft()
-            if not ledger.active or not ledger.take(record.offset):
-                continue
-            delivery = await self._admit(ledger, record, now)
-            if delivery is not None:
-                return delivery
-        return None
-
-    async def _admit(self, ledger: PartitionLedger, record: Any, now: float) -> KafkaDelivery | None:
+    def _admit(self, ledger: PartitionLedger, record: Any) -> _Slot | SchemaError | None:
+        """A slot for a record the filter wants; None for one it skips; the error if it cannot be read."""
         type_header: bytes | None = None
         for name, value in record.headers:
             if name == HEADER_TYPE:
@@ -299,21 +312,22 @@ class Member:
         try:
             event = decode_record(record.value, type_header)
         except SchemaError as exc:
-            subject = hint[0] if hint else fallback_subject(record.key, self.streams[ledger.topic])
-            ledger.hold(record.offset)  # not committed past until the letter is stored
-            await self._dead_letter("undecodable", str(exc), ledger, record, subject, 1, None)
-            ledger.settle(record.offset)
-            return None
+            return exc
         if hint is not None and hint[1] == (event.tenant, event.type, event.subject):
             subject = hint[0]  # the key and header said what the body says
         else:
             subject = _subject(event.tenant, event.type, event.subject)
             if not self._matches(subject):
                 return None
-        slot = _Slot(ledger, record, event, subject)
-        ledger.hold(record.offset)
-        self.holding[slot] = None
-        return self._hand_out(slot, now)
+        return _Slot(ledger, record, event, subject)
+
+    async def _undecodable(self, ledger: PartitionLedger, record: Any, exc: SchemaError) -> None:
+        type_header = next((value for name, value in record.headers if name == HEADER_TYPE), None)
+        hint = _hint(record.key, type_header)
+        subject = hint[0] if hint else fallback_subject(record.key, self.streams[ledger.topic])
+        ledger.hold(record.offset)  # not committed past until the letter is stored
+        await self._dead_letter("undecodable", str(exc), ledger, record, subject, 1, None)
+        ledger.settle(record.offset)
 
     def _hand_out(self, slot: _Slot, now: float) -> KafkaDelivery:
         slot.attempts += 1

@@ -8,9 +8,11 @@ the offset that is safe to commit: the lowest one not yet settled.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 from pydantic import ValidationError
 
@@ -106,13 +108,20 @@ def decode_record(value: bytes, type_header: bytes | None) -> Event:
     dict. If the header is missing, unknown or wrong, or the body is invalid,
     ``decode`` runs and says what is wrong, so the result (or the error) is the same.
     """
-    cls = EVENT_TYPES.get(type_header.decode(errors="replace")) if type_header else None
-    if cls is not None:
+    validate = _validator(type_header) if type_header else None
+    if validate is not None:
         try:
-            return cls.model_validate_json(value)  # type: ignore[return-value]
+            return validate(value)
         except ValidationError:
             pass
     return decode(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(type_header: bytes) -> Callable[[bytes], Event] | None:
+    """The JSON validator of the model a ``type`` header names (what ``model_validate_json`` calls)."""
+    cls = EVENT_TYPES.get(type_header.decode(errors="replace"))
+    return None if cls is None else cast("Callable[[bytes], Event]", cls.__pydantic_validator__.validate_json)
 
 
 class PartitionLedger:
