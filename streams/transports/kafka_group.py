@@ -11,9 +11,11 @@ one. A ``Member`` bridges the two:
    and an expired ack-wait hand it out again from memory (attempt + 1); after
    ``max_deliver`` attempts it goes to the DLQ.
 3. It commits, per partition, the lowest offset not yet settled: after each
-   fetched batch, at least every ``commit_interval_s``, on revocation (after
+   fetched batch and at least every ``commit_interval_s`` in the background
+   (one commit in flight at a time; the next batch is handed out meanwhile, and
+   a failure is raised by the next ``next()``), then on revocation (after
    waiting up to ``ack_wait_s`` for deliveries still in the handler's hands, and
-   handing out nothing more from those partitions) and on close.
+   handing out nothing more from those partitions) and on close, awaited.
 
 So a rebalance neither loses nor re-hands committed work, and after a crash
 the next owner resumes at the first unsettled record. Records after it that
@@ -155,6 +157,7 @@ class Member:
         self.waiting = 0  # tasks waiting on `changed`: settling wakes them only if any
         self._matches = functools.lru_cache(maxsize=4096)(functools.partial(subject_matches, flt))
         self.commit_lock = asyncio.Lock()
+        self.committing: asyncio.Task[None] | None = None  # the background commit in flight
         self.last_commit = 0.0
         self.failure: StreamError | None = None
         self.closed = False
@@ -176,6 +179,8 @@ class Member:
             return
         self.closed = True
         try:
+            if self.committing is not None and not self.committing.done():
+                await asyncio.wait([self.committing])  # before the final commit, never after it
             await self.commit()
         except StreamError as exc:
             log.warning(
@@ -267,7 +272,7 @@ class Member:
                 raise ConsumerError(f"group {self.group}: the subscription is closed", hint="subscribe again")
             now = loop.time()
             if now - self.last_commit >= self.commit_interval:
-                await self.commit()
+                self._commit_soon()
             if now >= self.next_due:
                 delivery = await self._redeliver(now)
                 if delivery is not None:
@@ -285,7 +290,9 @@ class Member:
                 ledger.hold(record.offset)
                 self.holding[slot] = None
                 return self._hand_out(slot, now)
-            await self.commit()  # the fetched batch is done
+            self._commit_soon()  # the fetched batch is done
+            # A fetch from aiokafka's buffer does not yield: let the commit (and aiokafka's prefetch) start.
+            await asyncio.sleep(0)
             wait = min(1.0, max(0.0, self.next_due - loop.time()))
             if len(self.holding) >= self.max_in_flight or self.assigning:
                 # While partitions are being set up, records fetched for them would be dropped and re-read.
@@ -426,6 +433,17 @@ class Member:
             if offsets and await self.client.commit(offsets):
                 for ledger in targets:
                     ledger.committed = offsets.get((ledger.topic, ledger.partition), ledger.committed)
+
+    def _commit_soon(self) -> None:
+        """Commit in the background, unless a commit is in flight (the next one takes this one's work)."""
+        if self.committing is None or self.committing.done():
+            self.committing = asyncio.create_task(self._background_commit(), name=f"spine-commit-{self.group}")
+
+    async def _background_commit(self) -> None:
+        try:
+            await self.commit()
+        except StreamError as exc:
+            self.failure = exc  # raised to the subscriber by next(), as an awaited commit's would be
 
     def _notify(self) -> None:
         if self.waiting:
