@@ -1,9 +1,15 @@
-"""Decoded events to Arrow: one table per archive table, built column by column.
+"""Decoded events to Arrow: one table per batch, built column by column.
 
 Never row at a time: a batch becomes one Arrow table of a handful of arrays
 (envelope attributes, the broker position, the payload as JSON bytes from
-pydantic's serializer), which DuckDB inserts with one statement per table it
-feeds; DuckDB parses the payload into the typed columns.
+pydantic's serializer), with each archive table's rows together, which DuckDB
+inserts with one statement per table it feeds; DuckDB parses the payload into
+the typed columns.
+
+The Python side is what the sink's event loop shares a core with, so it does
+as little per event as it can: one pass to group by table, the envelope
+converted by Arrow straight from each model's ``__dict__``, and one pydantic
+serializer call for the payload (benchmarks/archive.py, ``write_path``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from schemas import Event
 # position is None for events archived without a broker (tests, imports).
 Incoming = tuple[Event, str | None, int | None]
 
-ARROW_SCHEMA = pa.schema(
+# The envelope attributes as pydantic keeps them in each model's __dict__; Arrow
+# reads them by key in C, and ignores the keys it is not asked for.
+_ENVELOPE = pa.struct(
     [
         ("id", pa.string()),
         ("type", pa.string()),
@@ -33,11 +41,12 @@ ARROW_SCHEMA = pa.schema(
         ("traceparent", pa.string()),
         ("causationid", pa.string()),
         ("correlationid", pa.string()),
-        ("stream", pa.string()),
-        ("seq", pa.int64()),
-        ("data", pa.string()),
     ]
 )
+
+ARROW_SCHEMA = pa.schema([*_ENVELOPE, ("stream", pa.string()), ("seq", pa.int64()), ("data", pa.string())])
+
+_TABLE_OF = {type_name: spec.name for type_name, spec in TABLE_FOR_TYPE.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,43 +67,49 @@ def payload_json(event: Event) -> bytes:
 
 
 def build(items: Sequence[Incoming]) -> tuple[pa.Table, list[Part]]:
-    """One Arrow table for the whole batch (repeats of an id dropped), and which tables it feeds."""
-    rows: list[Incoming] = []
-    seen: set[str] = set()
-    ranges: dict[str, tuple[datetime, datetime]] = {}
+    """One Arrow table for the whole batch (repeats of an id dropped, each table's rows
+    together), and which tables it feeds."""
+    if len({item[0].id for item in items}) != len(items):
+        items = _first_of_each_id(items)
+    groups: dict[str, list[Incoming]] = {}
     for item in items:
-        event = item[0]
-        if event.id in seen:
-            continue
-        seen.add(event.id)
-        rows.append(item)
-        name = TABLE_FOR_TYPE[event.type].name
-        when = event.time
-        known = ranges.get(name)
-        if known is None:
-            ranges[name] = (when, when)
-        elif when < known[0] or when > known[1]:
-            ranges[name] = (min(when, known[0]), max(when, known[1]))
-    parts = [Part(TABLES[name], lo, hi) for name, (lo, hi) in ranges.items()]
-    return _table(rows), parts
+        name = _TABLE_OF[item[0].type]
+        group = groups.get(name)
+        if group is None:
+            groups[name] = [item]
+        else:
+            group.append(item)
+    rows = items if len(groups) == 1 else [item for group in groups.values() for item in group]
+    table = _table(rows)
+    parts = []
+    for name, group in groups.items():
+        times = [item[0].time for item in group]
+        parts.append(Part(TABLES[name], min(times), max(times)))
+    return table, parts
 
 
-def _table(rows: list[Incoming]) -> pa.Table:
+def _first_of_each_id(items: Sequence[Incoming]) -> list[Incoming]:
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        if item[0].id not in seen:
+            seen.add(item[0].id)
+            kept.append(item)
+    return kept
+
+
+def _table(rows: Sequence[Incoming]) -> pa.Table:
     events = [row[0] for row in rows]
-    columns = [
-        [e.id for e in events],
-        [e.type for e in events],
-        [e.source for e in events],
-        [e.subject for e in events],
-        [e.time for e in events],
-        [e.tenant for e in events],
-        [e.dataschema for e in events],
-        [e.traceparent for e in events],
-        [e.causationid for e in events],
-        [e.correlationid for e in events],
-        [stream if stream is not None else default_stream(e.type) for e, stream, _ in rows],
-        [seq for _, _, seq in rows],
-        [payload_json(e) for e in events],
+    envelope = pa.array([event.__dict__ for event in events], type=_ENVELOPE)
+    streams = [row[1] for row in rows]
+    if None in streams:
+        streams = [s if s is not None else default_stream(e.type) for e, s in zip(events, streams, strict=True)]
+    payloads = [data.__pydantic_serializer__.to_json(data, exclude_none=True) for data in (e.data for e in events)]
+    arrays = [
+        *envelope.flatten(),
+        pa.array(streams, type=pa.string()),
+        pa.array([row[2] for row in rows], type=pa.int64()),
+        # pydantic writes UTF-8: Arrow checks it vectorized rather than per Python object.
+        pa.array(payloads, type=pa.binary()).cast(pa.string()),
     ]
-    arrays = [pa.array(values, type=f.type) for values, f in zip(columns, ARROW_SCHEMA, strict=True)]
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
