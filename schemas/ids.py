@@ -8,6 +8,7 @@ and the broker (and every idempotent consumer) drops the duplicate.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -45,9 +46,25 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+_NAMESPACE_BYTES = SPINE_NAMESPACE.bytes
+
+
 def derived_id(processor: str, cause_id: str, index: int) -> str:
-    """Deterministic id of output ``index`` that ``processor`` derived from ``cause_id``."""
-    return str(uuid.uuid5(SPINE_NAMESPACE, f"{processor}\x1f{cause_id}\x1f{index}"))
+    """Deterministic id of output ``index`` that ``processor`` derived from ``cause_id``.
+
+    ``uuid.uuid5(SPINE_NAMESPACE, name)`` computed without the UUID object (it
+    runs for every decision): SHA-1 of namespace + name, version 5, RFC 4122
+    variant. ``tests/test_schemas.py`` checks it against ``uuid.uuid5``.
+    """
+    name = f"{processor}\x1f{cause_id}\x1f{index}".encode()
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()
+    value = (int.from_bytes(digest[:16], "big") & _CLEAR_VERSION_VARIANT) | _V5_RFC4122
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_CLEAR_VERSION_VARIANT = ~((0xF << 76) | (0xC000 << 48)) & ((1 << 128) - 1)
+_V5_RFC4122 = (5 << 76) | (0x8000 << 48)
 
 
 def uuid7_time_ms(event_id: str) -> int:

@@ -116,9 +116,9 @@ def make_event(
     from schemas.codec import validate_event
 
     event_class(type_name)
-    payload = data.model_dump() if isinstance(data, Payload) else data
     if subject is None:
-        subject = default_subject(type_name, payload) if isinstance(payload, dict) else None
+        fields = data.model_dump() if isinstance(data, Payload) else data
+        subject = default_subject(type_name, fields) if isinstance(fields, dict) else None
         if subject is None:
             raise SchemaError(
                 f"{type_name} events need a subject (their ordering key)",
@@ -129,7 +129,7 @@ def make_event(
         "type": type_name,
         "dataschema": f"spine:{type_name}:{SCHEMA_VERSION}",
         "subject": subject,
-        "data": payload,
+        "data": data,  # a Payload instance is taken as is (it was validated when built)
         **attributes,
     }
     return validate_event(doc)

@@ -131,6 +131,22 @@ def test_uuid7_is_version_7_time_ordered_and_unique() -> None:
     assert abs(uuid7_time_ms(ids[-1]) - now_ms) < 5_000
 
 
+def test_derived_ids_are_uuid5_over_processor_cause_and_index() -> None:
+    """derived_id skips the UUID object for speed; it must stay exactly uuid5."""
+    import random
+    import uuid
+
+    from schemas.ids import SPINE_NAMESPACE
+
+    r = random.Random(7)
+    for i in range(2000):
+        processor = r.choice(["cost", "supervisor", "drop-rule", "é-ü"])
+        cause = str(uuid.UUID(int=r.getrandbits(128))) + "x" * (i % 3)
+        index = r.randint(0, 300)
+        expected = uuid.uuid5(SPINE_NAMESPACE, f"{processor}\x1f{cause}\x1f{index}")
+        assert derived_id(processor, cause, index) == str(expected)
+
+
 def test_derived_ids_are_deterministic_and_distinct() -> None:
     a = derived_id("cost", "event-1", 0)
     assert a == derived_id("cost", "event-1", 0)
