@@ -7,8 +7,11 @@ Input ``llm.call``; state partitioned by tenant. For each call:
    loaded once by ``connectors.prices``). A model missing from the table is
    counted as ``unpriced_calls`` and reported once per model with a
    ``decision.alert`` (never priced at zero silently).
-2. Add it to day, week and month buckets (event time, UTC) per tenant,
-   provider, model, project and session.
+2. Add it to its day bucket (event time, UTC) per tenant, provider, model,
+   project and session. Week and month totals are the sums of their days,
+   taken when the bucket closes or is queried (``period_totals``), so a call
+   costs one update per dimension, not three; the week/month spend a budget
+   watches is kept per call (``CostState.running``).
 3. Emit ``decision.cost`` for a day bucket each time its cost crosses another
    ``update_step_usd``, and a final one for every bucket (day/week/month) once
    the watermark passes its end.
@@ -30,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.base import Emit, Output, Reject
+from processors.base import Cause, Emit, Output, Reject, RowInput
 from processors.windows import PERIODS, Period, Watermark, bucket_end, bucket_start, day_start_ts
 from schemas import Event
 from schemas.envelope import LlmCallEvent
@@ -113,14 +116,23 @@ TotalKey = tuple[str, str, str, str, str]
 
 @dataclass(slots=True)
 class CostState:
-    """Per tenant: a watermark, open buckets and totals (a partition holds several tenants)."""
+    """Per tenant: a watermark, open buckets and totals (a partition holds several tenants).
+
+    ``totals`` holds every day's totals and the totals of closed weeks and
+    months; an open week or month is the sum of its days (``period_totals``).
+    ``running`` is the spend of open weeks and months that budgets watch.
+    """
 
     lateness_s: float
     watermarks: dict[str, Watermark] = field(default_factory=dict)
     totals: dict[TotalKey, Total] = field(default_factory=dict)
     open_buckets: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (tenant, period, bucket) -> end
+    running: dict[TotalKey, float] = field(default_factory=dict)
     budgets_fired: set[str] = field(default_factory=set)
     unpriced_models: set[str] = field(default_factory=set)
+    # Derived, not snapshotted: per tenant, the earliest end of an open bucket
+    # (``_close_buckets`` only runs once the watermark reaches it).
+    next_close: dict[str, float] = field(default_factory=dict)
 
 
 class CostProcessor:
@@ -128,11 +140,29 @@ class CostProcessor:
 
     name = "cost"
     inputs = ("llm.call",)
+    row_input = RowInput(
+        "llm.call",
+        (
+            "provider",
+            "model",
+            "project",
+            "session_id",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "cost_usd",
+            "price_version",
+        ),
+    )
 
     def __init__(self, config: CostConfig | None = None) -> None:
         self.config = config or CostConfig()
+        # (bucket index in _buckets_of, dimension) whose week/month spend a budget watches.
+        self._watched = tuple(
+            sorted({(PERIODS.index(b.period), b.scope) for b in self.config.budgets if b.period != "day"})
+        )
 
-    def partition_key(self, event: Event) -> str:
+    def partition_key(self, event: Cause) -> str:
         return event.tenant
 
     def initial_state(self) -> CostState:
@@ -142,66 +172,110 @@ class CostProcessor:
     def handle(self, state: CostState, event: Event) -> Sequence[Output]:
         if not isinstance(event, LlmCallEvent):
             return ()
-        ts = event.time.timestamp()
-        day = event.time.date()
-        watermark = state.watermarks.get(event.tenant)
-        if watermark is None:
-            watermark = state.watermarks[event.tenant] = Watermark(state.lateness_s)
+        c = event.data
+        values = (
+            c.provider,
+            c.model,
+            c.project,
+            c.session_id,
+            c.input_tokens,
+            c.output_tokens,
+            c.cached_tokens,
+            c.cost_usd,
+            c.price_version,
+        )
+        return self.handle_row(state, event, event.time.timestamp(), values)
+
+    def handle_row(self, state: CostState, cause: Cause, ts: float, values: Sequence[Any]) -> Sequence[Output]:
+        """The fold itself, over ``row_input.fields`` (``handle`` and replays both land here)."""
+        provider, model, project, session, input_tokens, output_tokens, cached_tokens, cost_usd, price_version = values
+        tenant = cause.tenant
+        day = _day_of(int(ts // 86400))
+        watermark = state.watermarks.get(tenant) or state.watermarks.setdefault(tenant, Watermark(state.lateness_s))
         if watermark.closed(_next_day_ts(day)):
             return (
                 Reject(
                     "late",
-                    f"llm.call at {event.time.isoformat()} is behind the watermark: its day closed "
+                    f"llm.call at {cause.time.isoformat()} is behind the watermark: its day closed "
                     f"(allowed lateness {self.config.allowed_lateness_s:.0f}s)",
                 ),
             )
         outputs: list[Output] = []
-        call = event.data
-        model_key = f"{call.provider}/{call.model}"
-        if call.cost_usd is not None:
-            cost, priced, version = call.cost_usd, True, call.price_version or "producer"
+        model_key = f"{provider}/{model}"
+        if cost_usd is not None:
+            cost, version = cost_usd, price_version or "producer"
+            unpriced = 0
         else:
-            price = self.config.prices.lookup(call.provider, call.model)
-            version = self.config.prices.version
+            prices = self.config.prices
+            price = prices.lookup(provider, model)
+            version = prices.version
             if price is None:
-                cost, priced = 0.0, False
-                marker = f"{event.tenant}|{model_key}"
-                if marker not in state.unpriced_models:
-                    state.unpriced_models.add(marker)
-                    outputs.append(self._unpriced_alert(model_key, version))
+                cost, unpriced = 0.0, 1
+                self._report_unpriced(state, tenant, model_key, version, outputs)
             else:
-                cost = self.config.prices.cost(price, call.input_tokens, call.output_tokens, call.cached_tokens)
-                priced = True
-        keys: dict[Dimension, str | None] = {
-            "tenant": event.tenant,
-            "provider": call.provider,
-            "model": model_key,
-            "project": call.project,
-            "session": call.session_id,
-        }
-        for period, bucket, end in _buckets_of(day):
-            state.open_buckets.setdefault((event.tenant, period, bucket), end)
-            for dim, key in keys.items():
-                if key is None:
-                    continue
-                total_key = (event.tenant, period, bucket, dim, key)
-                total = state.totals.get(total_key)
-                if total is None:
-                    total = state.totals[total_key] = Total()
-                total.cost += cost
-                total.calls += 1
-                total.input_tokens += call.input_tokens
-                total.output_tokens += call.output_tokens
-                total.unpriced += 0 if priced else 1
-                if period == "day":
-                    steps = math.floor(total.cost / self.config.update_step_usd)
-                    if steps > total.emitted_steps or total.calls == 1:
-                        total.emitted_steps = max(steps, total.emitted_steps)
-                        outputs.append(self._cost(period, bucket, dim, key, total, version, final=False))
-        outputs.extend(self._budgets(state, event, keys, day, version))
+                cost, unpriced = prices.cost(price, input_tokens, output_tokens, cached_tokens), 0
+        keys: tuple[tuple[Dimension, str | None], ...] = (
+            ("tenant", tenant),
+            ("provider", provider),
+            ("model", model_key),
+            ("project", project),
+            ("session", session),
+        )
+        step = self.config.update_step_usd
+        totals = state.totals
+        buckets = _buckets_of(day)
+        _open(state, tenant, buckets)
+        day_bucket = buckets[0][1]
+        for dim, key in keys:
+            if key is None:
+                continue
+            total_key = (tenant, "day", day_bucket, dim, key)
+            total = totals.get(total_key)
+            if total is None:
+                total = totals[total_key] = Total()
+            total.cost += cost
+            total.calls += 1
+            total.input_tokens += input_tokens
+            total.output_tokens += output_tokens
+            total.unpriced += unpriced
+            steps = math.floor(total.cost / step)
+            if steps > total.emitted_steps or total.calls == 1:
+                total.emitted_steps = max(steps, total.emitted_steps)
+                outputs.append(self._cost("day", day_bucket, dim, key, total, version, final=False))
+        if self.config.budgets:
+            keyed = dict(keys)
+            self._add_running(state, tenant, keyed, buckets, cost)
+            outputs.extend(self._budgets(state, tenant, keyed, day, version))
         watermark.observe(ts)
-        outputs.extend(self._close_buckets(state, event.tenant, watermark, version))
+        wm = watermark.value
+        if wm is not None and wm >= state.next_close.get(tenant, math.inf):
+            outputs.extend(self._close_buckets(state, tenant, wm, version))
         return outputs
+
+    def _report_unpriced(
+        self, state: CostState, tenant: str, model_key: str, version: str, outputs: list[Output]
+    ) -> None:
+        marker = f"{tenant}|{model_key}"
+        if marker not in state.unpriced_models:
+            state.unpriced_models.add(marker)
+            outputs.append(self._unpriced_alert(model_key, version))
+
+    def _add_running(
+        self,
+        state: CostState,
+        tenant: str,
+        keys: dict[Dimension, str | None],
+        buckets: tuple[tuple[Period, str, str], ...],
+        cost: float,
+    ) -> None:
+        """Add ``cost`` to the open week/month spend the budgets watch."""
+        running = state.running
+        for index, dim in self._watched:
+            key = keys[dim]
+            if key is not None:
+                period, bucket, _ = buckets[index]
+                running_key = (tenant, period, bucket, dim, key)
+                running[running_key] = running.get(running_key, 0.0) + cost
 
     def _cost(
         self, period: Period, bucket: str, dim: Dimension, key: str, total: Total, version: str, *, final: bool
@@ -233,7 +307,7 @@ class CostProcessor:
         return Emit("decision.alert", alert, alert.dedup_key)
 
     def _budgets(
-        self, state: CostState, event: Event, keys: dict[Dimension, str | None], day: date, version: str
+        self, state: CostState, tenant: str, keys: dict[Dimension, str | None], day: date, version: str
     ) -> list[Emit]:
         out: list[Emit] = []
         for budget in self.config.budgets:
@@ -241,16 +315,21 @@ class CostProcessor:
             if key is None or (budget.key not in ("*", key)):
                 continue
             bucket = bucket_start(day, budget.period).isoformat()
-            total = state.totals.get((event.tenant, budget.period, bucket, budget.scope, key))
-            if total is None:
+            budget_key = (tenant, budget.period, bucket, budget.scope, key)
+            if budget.period == "day":
+                total = state.totals.get(budget_key)
+                spent = None if total is None else total.cost
+            else:
+                spent = state.running.get(budget_key)
+            if spent is None:
                 continue
             levels: tuple[tuple[Literal["soft", "hard"], float | None], ...] = (
                 ("soft", budget.soft_usd),
                 ("hard", budget.hard_usd),
             )
             for level, limit in levels:
-                marker = f"{event.tenant}|{budget.name}|{key}|{bucket}|{level}"
-                if limit is None or total.cost < limit or marker in state.budgets_fired:
+                marker = f"{tenant}|{budget.name}|{key}|{bucket}|{level}"
+                if limit is None or spent < limit or marker in state.budgets_fired:
                     continue
                 state.budgets_fired.add(marker)
                 decision = BudgetDecision(
@@ -261,34 +340,44 @@ class CostProcessor:
                     bucket=bucket,
                     level=level,
                     limit_usd=limit,
-                    spent_usd=round(total.cost, 10),
+                    spent_usd=round(spent, 10),
                 )
                 out.append(Emit("decision.budget", decision, f"{budget.name}:{key}:{bucket}:{level}"))
         return out
 
-    def _close_buckets(self, state: CostState, tenant: str, watermark: Watermark, version: str) -> list[Emit]:
-        """Final totals for the tenant's buckets the watermark passed; prune past retention."""
-        wm = watermark.value
-        if wm is None:
-            return []
-        closed = [
-            (period, bucket)
-            for (t, period, bucket), end in state.open_buckets.items()
-            if t == tenant and _end_ts(end) <= wm
-        ]
+    def _close_buckets(self, state: CostState, tenant: str, wm: float, version: str) -> list[Emit]:
+        """Final totals for the tenant's buckets the watermark ``wm`` passed; prune past retention."""
+        closed = []
+        still_open = math.inf
+        for (t, period, bucket), end in state.open_buckets.items():
+            if t != tenant:
+                continue
+            end_ts = _end_ts(end)
+            if end_ts <= wm:
+                closed.append((period, bucket))
+            elif end_ts < still_open:
+                still_open = end_ts
+        state.next_close[tenant] = still_open
         if not closed:
             return []
         out: list[Emit] = []
-        for period, bucket in sorted(closed):
+        for period, bucket in sorted(closed):  # days first: a week or month sums its days
+            rows = period_totals(state, tenant, period, bucket)
             del state.open_buckets[(tenant, period, bucket)]
-            for (t, p, b, dim, key), total in sorted(state.totals.items()):
-                if p == period and b == bucket and t == tenant:
-                    out.append(self._cost(p, b, dim, key, total, version, final=True))  # type: ignore[arg-type]
+            for (dim, key), total in sorted(rows.items()):
+                if period != "day":
+                    state.totals[(tenant, period, bucket, dim, key)] = total
+                    state.running.pop((tenant, period, bucket, dim, key), None)
+                out.append(self._cost(period, bucket, dim, key, total, version, final=True))  # type: ignore[arg-type]
         horizon = (datetime.fromtimestamp(wm, tz=UTC).date() - timedelta(days=self.config.retention_days)).isoformat()
+        # Days an open week or month still sums are kept past the horizon.
+        days_from = min([horizon, *(b for (t, _, b) in state.open_buckets if t == tenant)])
         stale = [
             k
             for k in state.totals
-            if k[0] == tenant and k[2] < horizon and (tenant, k[1], k[2]) not in state.open_buckets
+            if k[0] == tenant
+            and k[2] < (days_from if k[1] == "day" else horizon)
+            and (tenant, k[1], k[2]) not in state.open_buckets
         ]
         for k in stale:
             del state.totals[k]
@@ -300,6 +389,7 @@ class CostProcessor:
             "max_event_ts": {t: w.max_event_ts for t, w in sorted(state.watermarks.items())},
             "totals": [[*key, *total.to_list()] for key, total in state.totals.items()],
             "open_buckets": [[t, p, b, e] for (t, p, b), e in state.open_buckets.items()],
+            "running": [[*key, cost] for key, cost in state.running.items()],
             "budgets_fired": sorted(state.budgets_fired),
             "unpriced_models": sorted(state.unpriced_models),
         }
@@ -308,12 +398,30 @@ class CostProcessor:
         state = self.initial_state()
         for tenant, ts in snapshot["max_event_ts"].items():
             state.watermarks[tenant] = Watermark(state.lateness_s, ts)
-        for row in snapshot["totals"]:
-            state.totals[(row[0], row[1], row[2], row[3], row[4])] = Total(*row[5:])
         state.open_buckets = {(t, p, b): e for t, p, b, e in snapshot["open_buckets"]}
+        for row in snapshot["totals"]:
+            if row[1] != "day" and (row[0], row[1], row[2]) in state.open_buckets:
+                continue  # an open week/month total from before they were summed from days
+            state.totals[(row[0], row[1], row[2], row[3], row[4])] = Total(*row[5:])
+        for row in snapshot.get("running", []):
+            state.running[(row[0], row[1], row[2], row[3], row[4])] = row[5]
+        for (t, _, _), end in state.open_buckets.items():
+            state.next_close[t] = min(state.next_close.get(t, math.inf), _end_ts(end))
         state.budgets_fired = set(snapshot["budgets_fired"])
         state.unpriced_models = set(snapshot["unpriced_models"])
         return state
+
+
+def _open(state: CostState, tenant: str, buckets: tuple[tuple[Period, str, str], ...]) -> None:
+    """Open the day, week and month buckets of a call (``next_close`` tracks the earliest end)."""
+    open_buckets = state.open_buckets
+    for period, bucket, end in buckets:
+        bucket_key = (tenant, period, bucket)
+        if bucket_key not in open_buckets:
+            open_buckets[bucket_key] = end
+            end_ts = _end_ts(end)
+            if end_ts < state.next_close.get(tenant, math.inf):
+                state.next_close[tenant] = end_ts
 
 
 @functools.lru_cache(maxsize=1024)
@@ -324,6 +432,15 @@ def _buckets_of(day: date) -> tuple[tuple[Period, str, str], ...]:
         start = bucket_start(day, period)
         out.append((period, start.isoformat(), bucket_end(start, period).isoformat()))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_of(days_since_epoch: int) -> date:
+    """The UTC date ``days_since_epoch`` days after 1970-01-01 (``int(ts // 86400)``)."""
+    return _EPOCH_DATE + timedelta(days=days_since_epoch)
+
+
+_EPOCH_DATE = date(1970, 1, 1)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -342,6 +459,30 @@ def build(config: dict[str, Any] | None) -> CostProcessor:
     return CostProcessor(CostConfig.model_validate(config or {}))
 
 
+def period_totals(state: CostState, tenant: str, period: str, bucket: str) -> dict[tuple[str, str], Total]:
+    """One tenant's totals of one bucket by (dimension, key); an open week or month sums its days."""
+    end = state.open_buckets.get((tenant, period, bucket)) if period != "day" else None
+    if end is None:
+        return {
+            (dim, key): total
+            for (t, p, b, dim, key), total in state.totals.items()
+            if t == tenant and p == period and b == bucket
+        }
+    sums: dict[tuple[str, str], Total] = {}
+    for (t, p, b, dim, key), total in sorted(state.totals.items()):  # a fixed order: the same float sums
+        if t != tenant or p != "day" or not bucket <= b < end:
+            continue
+        acc = sums.get((dim, key))
+        if acc is None:
+            acc = sums[(dim, key)] = Total()
+        acc.cost += total.cost
+        acc.calls += total.calls
+        acc.input_tokens += total.input_tokens
+        acc.output_tokens += total.output_tokens
+        acc.unpriced += total.unpriced
+    return sums
+
+
 def cost_rows(
     states: Sequence[CostState],
     period: Period,
@@ -352,15 +493,17 @@ def cost_rows(
     """Totals of one bucket grouped by ``by`` across partition states (for ``spine cost``)."""
     rows: dict[tuple[str, str], Total] = {}
     for state in states:
-        for (t, p, b, dim, key), total in state.totals.items():
-            if p != period or b != bucket or dim != by or (tenant and t != tenant):
-                continue
-            acc = rows.setdefault((t, key), Total())
-            acc.cost += total.cost
-            acc.calls += total.calls
-            acc.input_tokens += total.input_tokens
-            acc.output_tokens += total.output_tokens
-            acc.unpriced += total.unpriced
+        tenants = sorted({k[0] for k in state.totals}) if tenant is None else [tenant]
+        for t in tenants:
+            for (dim, key), total in period_totals(state, t, period, bucket).items():
+                if dim != by:
+                    continue
+                acc = rows.setdefault((t, key), Total())
+                acc.cost += total.cost
+                acc.calls += total.calls
+                acc.input_tokens += total.input_tokens
+                acc.output_tokens += total.output_tokens
+                acc.unpriced += total.unpriced
     return [
         {
             "tenant": t,
