@@ -5,6 +5,28 @@ A processor is a pure, deterministic fold ``handle(state, event) -> outputs``
 ``streams.processing`` for the full contract.
 """
 
-from streams.processing import Emit, Output, Processor, PureRun, Reject, materialize, run_pure
+from streams.processing import (
+    Cause,
+    Emit,
+    Output,
+    Processor,
+    PureRun,
+    Reject,
+    RowInput,
+    RowProcessor,
+    materialize,
+    run_pure,
+)
 
-__all__ = ["Emit", "Output", "Processor", "PureRun", "Reject", "materialize", "run_pure"]
+__all__ = [
+    "Cause",
+    "Emit",
+    "Output",
+    "Processor",
+    "PureRun",
+    "Reject",
+    "RowInput",
+    "RowProcessor",
+    "materialize",
+    "run_pure",
+]

@@ -5,10 +5,12 @@ from streams.processing import (
     DEFAULT_SEEN_IDS,
     Partition,
     fold,
+    fold_row,
     owned_partitions,
     partition_key,
     partition_of,
     run_partitioned,
+    run_partitioned_rows,
 )
 
 __all__ = [
@@ -16,8 +18,10 @@ __all__ = [
     "DEFAULT_SEEN_IDS",
     "Partition",
     "fold",
+    "fold_row",
     "owned_partitions",
     "partition_key",
     "partition_of",
     "run_partitioned",
+    "run_partitioned_rows",
 ]

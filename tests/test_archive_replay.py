@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -19,10 +20,11 @@ import pytest
 from typer.testing import CliRunner
 
 from connectors.archive import Archive, QueryError, parse_time, read_events, replay_publish, replay_run
-from connectors.archive.replay import shadow_copy, types_for
+from connectors.archive.replay import row_plan, shadow_copy, types_for
 from processors import registry
+from processors.cost import CostConfig, CostProcessor
 from processors.runtime import run_partitioned
-from schemas import derived_id
+from schemas import Event, derived_id, make_event
 from streams import BusConfig
 from streams.runner import Runner, RunnerConfig
 from streams.transports.memory import MemoryBus
@@ -114,6 +116,83 @@ async def test_live_runner_decisions_equal_the_replays_id_for_id(tmp_path: Path)
         replayed = replay_run(archive, DropRule())
     assert sorted(e.id for e in replayed.decisions) == archived.column("id").to_pylist() == sorted(e.id for e in live)
     assert {e.id: e for e in replayed.decisions} == {e.id: e for e in live}
+
+
+def varied_calls(n: int, seed: int) -> list[Event]:
+    """llm.calls over several days and tenants: priced, unpriced, producer-costed, with and
+    without project and session, in event-time order."""
+    r = random.Random(seed)
+    when = T0 - timedelta(hours=3)
+    out = []
+    for _ in range(n):
+        when += timedelta(seconds=r.choice([5, 60, 900, 5400]))
+        data: dict[str, object] = {
+            "provider": r.choice(["openai", "anthropic"]),
+            "model": r.choice(["gpt-4o", "o3", "claude-sonnet-4", "not-in-the-table"]),
+            "input_tokens": r.randint(0, 4000),
+            "output_tokens": r.randint(0, 800),
+            "cached_tokens": r.choice([0, 0, 50, 5000]),
+        }
+        if r.random() < 0.5:
+            data["project"] = r.choice(["p1", "p2"])
+        if r.random() < 0.5:
+            data["session_id"] = f"s{r.randint(0, 9)}"
+        if r.random() < 0.25:
+            data["cost_usd"] = r.random() / 7  # floats that must survive the archive exactly
+            data["price_version"] = r.choice([None, "prod-7"])
+        out.append(make_event("llm.call", data, tenant=r.choice(["acme", "globex"]), time=when, source="tests"))
+    return out
+
+
+def cost_for_replay() -> CostProcessor:
+    return CostProcessor(
+        CostConfig.model_validate(
+            {
+                "prices": {
+                    "version": "t1",
+                    "prices": {
+                        "gpt-4o": {"input": 2.5e-6, "output": 1e-5, "cache_read": 1.25e-6},
+                        "o3": {"input": 1e-5, "output": 4e-5},
+                        "anthropic/claude-sonnet-4": {"input": 3e-6, "output": 1.5e-5},
+                    },
+                },
+                "budgets": [
+                    {"name": "daily", "scope": "tenant", "period": "day", "soft_usd": 1, "hard_usd": 2},
+                    {"name": "weekly", "scope": "project", "period": "week", "hard_usd": 3},
+                    {"name": "monthly", "scope": "provider", "key": "openai", "period": "month", "soft_usd": 4},
+                ],
+                "update_step_usd": 0.05,
+            }
+        )
+    )
+
+
+async def test_cost_replays_from_typed_rows_equal_decoded_events_and_the_live_runner(tmp_path: Path) -> None:
+    """The cost processor replays from the archive's typed columns, not decoded events: same
+    decisions, payloads and ids as decoding each event, and as the live runner on the bus."""
+    bus = fresh_bus()
+    events = varied_calls(600, seed=5)
+    await bus.publish_many(events)
+    runner = Runner(bus, cost_for_replay(), RunnerConfig(batch_max=32, batch_wait_s=0.01))
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    for _ in range(400):
+        if runner.health.handled >= len(events) or task.done():
+            break
+        await asyncio.sleep(0.025)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    live = [r.event async for r in bus.replay("DECISIONS")]
+    assert {e.type for e in live} >= {"decision.cost", "decision.budget", "decision.alert"}
+    with Archive.open(archive_path(tmp_path), read_only=False) as archive:
+        await sink_until(bus, archive, lambda s: s.inserted >= len(events) + len(live), batch_size=100)
+        assert row_plan(cost_for_replay()) is not None
+        from_rows = replay_run(archive, cost_for_replay())
+        from_events = replay_run(archive, cost_for_replay(), rows=False)
+    assert from_rows.handled == from_events.handled == len(events)
+    assert [e.id for e in from_rows.decisions] == [e.id for e in from_events.decisions]
+    assert from_rows.decisions == from_events.decisions  # payloads, times, causation: all equal
+    assert {e.id: e for e in from_rows.decisions} == {e.id: e for e in live}
 
 
 async def test_replay_publish_feeds_a_shadow_tenant_and_leaves_the_original_alone(tmp_path: Path) -> None:
