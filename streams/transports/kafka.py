@@ -1,4 +1,4 @@
-"""The Bus on Kafka. The only module that imports ``aiokafka``.
+"""The Bus on Kafka. With ``kafka_clients.py``, the only modules that import ``aiokafka``.
 
 - One topic per catalog stream (``spine.market`` ... ``spine.dlq``;
   ``spine.config`` compacted). Record key ``<tenant>/<subject>`` so per-key
@@ -16,7 +16,8 @@
 - ``delete`` works on the DLQ only: Kafka cannot remove one record, so it
   appends a deletion marker that ``replay`` and subscribers honour; the bytes
   stay in the topic until retention removes them.
-- Every aiokafka error is translated to ``streams.errors`` here (``_translate``).
+- Every aiokafka error is translated to ``streams.errors`` (``kafka_clients.translate``),
+  where the clients are started and stopped and the group consumer lives.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Self
-from urllib.parse import urlparse
 
 import aiokafka.errors as kerr
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.partitioner import murmur2
@@ -64,7 +64,6 @@ from streams.catalog import (
 from streams.config import BusConfig, StreamSettings
 from streams.errors import (
     BrokerUnavailable,
-    ConsumerError,
     InvalidArgument,
     PublishError,
     StreamError,
@@ -72,6 +71,14 @@ from streams.errors import (
 )
 from streams.naming import check_group, check_pattern, check_tenant
 from streams.transports.kafka_checkpoints import CHECKPOINT_TOPIC, KafkaCheckpoints
+from streams.transports.kafka_clients import (
+    TOPIC_EXISTS,
+    GroupConsumer,
+    bootstrap_servers,
+    start_client,
+    stop_client,
+    translate,
+)
 from streams.transports.kafka_group import KafkaDelivery, Member
 from streams.transports.kafka_ledger import (
     CONTENT_TYPE,
@@ -92,57 +99,6 @@ from streams.transports.kafka_ledger import (
 log = logging.getLogger("spine.streams.kafka")
 
 Headers = list[tuple[str, bytes]]
-_TOPIC_EXISTS = 36
-_CONNECTION_ERRORS = (
-    kerr.KafkaConnectionError,
-    kerr.NoBrokersAvailable,
-    kerr.NodeNotReadyError,
-    kerr.KafkaUnavailableError,
-)
-
-
-def _translate(exc: BaseException, what: str) -> StreamError:
-    """Map an aiokafka error onto Spine's tree (call as ``raise _translate(e, ...) from e``)."""
-    if isinstance(exc, StreamError):
-        return exc
-    if isinstance(exc, kerr.UnknownTopicOrPartitionError):
-        return StreamNotFound(f"{what}: the topic does not exist", hint="run `spine streams apply`")
-    if isinstance(exc, _CONNECTION_ERRORS):
-        return BrokerUnavailable(
-            f"{what}: no connection to Kafka ({exc})", hint="is the broker up? check the kafka:// URL"
-        )
-    if isinstance(exc, kerr.KafkaTimeoutError | kerr.RequestTimedOutError):
-        return PublishError(f"{what}: the broker did not answer in time", hint="check the broker's health and load")
-    if isinstance(
-        exc,
-        kerr.TopicAuthorizationFailedError | kerr.GroupAuthorizationFailedError | kerr.ClusterAuthorizationFailedError,
-    ):
-        return StreamError(f"{what}: not authorized ({type(exc).__name__})", hint="check the cluster's ACLs for Spine")
-    if isinstance(exc, kerr.CommitFailedError | kerr.IllegalStateError | kerr.ConsumerStoppedError):
-        return ConsumerError(f"{what}: {type(exc).__name__}: {exc}")
-    if isinstance(exc, kerr.IncompatibleBrokerVersion):
-        return StreamError(f"{what}: the broker does not support it ({exc})")
-    if isinstance(exc, kerr.KafkaError):
-        return StreamError(f"{what}: Kafka said {type(exc).__name__}: {exc}")
-    return StreamError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-def bootstrap_servers(url: str) -> str:
-    """``kafka://h1:9092,h2:9092`` -> ``h1:9092,h2:9092`` (port 9092 if left out)."""
-    parsed = urlparse(url)
-    hosts = [h.strip() for h in parsed.netloc.split(",") if h.strip()]
-    hint = "Kafka URLs look like kafka://host:9092[,host2:9092]"
-    if parsed.scheme != "kafka" or not hosts:
-        raise InvalidArgument(f"not a Kafka URL: {url!r}", hint=hint)
-    servers = []
-    for host in hosts:
-        name, sep, port = host.rpartition(":")
-        if not sep or (":" in name and not name.endswith("]")):  # no port given (or a bare IPv6 address)
-            name, port = host, "9092"
-        if not name or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidArgument(f"bad broker address {host!r} in {url!r}", hint=hint)
-        servers.append(f"{name}:{port}")
-    return ",".join(servers)
 
 
 def topic_configs(spec: StreamSpec, settings: StreamSettings) -> dict[str, str]:
@@ -206,7 +162,7 @@ class KafkaBus:
                 await self._admin.start()
                 # Short fetch waits: `offsets` fetches only to read high watermarks (Tansu mishandles 0).
                 self._reader = AIOKafkaConsumer(**self.client_options(), enable_auto_commit=False, fetch_max_wait_ms=10)
-                await _start(self._reader)
+                await start_client(self._reader)
                 break
             except (kerr.KafkaError, OSError) as exc:
                 await self._stop_clients()
@@ -240,7 +196,7 @@ class KafkaBus:
             await member.close()
         # A reader its caller left suspended (a cancelled task) would never stop its consumer.
         for consumer in list(self._consumers):
-            await _stop(consumer)
+            await stop_client(consumer)
         self._consumers.clear()
         await self._stop_clients()
 
@@ -249,7 +205,7 @@ class KafkaBus:
             client = getattr(self, name)
             setattr(self, name, None)
             if client is not None:
-                await _stop(client)
+                await stop_client(client)
         admin, self._admin = self._admin, None
         if admin is not None:
             with contextlib.suppress(kerr.KafkaError, OSError):
@@ -279,9 +235,9 @@ class KafkaBus:
         try:
             response = await self.admin.create_topics([self._new_topic(spec) for spec in specs])
         except kerr.KafkaError as exc:
-            raise _translate(exc, "creating topics") from exc
+            raise translate(exc, "creating topics") from exc
         for topic, code, message, *_ in response.topic_errors:
-            if code not in (0, _TOPIC_EXISTS):
+            if code not in (0, TOPIC_EXISTS):
                 raise StreamError(f"creating topic {topic}: {kerr.for_code(code).__name__}: {message}")
 
     async def _ensure_topics(self) -> None:
@@ -289,7 +245,7 @@ class KafkaBus:
         try:
             existing = set(await self.admin.list_topics())
         except kerr.KafkaError as exc:
-            raise _translate(exc, "listing topics") from exc
+            raise translate(exc, "listing topics") from exc
         missing = [spec for spec in CATALOG if spec.kafka_topic not in existing]
         if missing:
             await self._create_topics(missing)
@@ -332,7 +288,7 @@ class KafkaBus:
                 self._partitions.pop(topic, None)
                 results.append(ApplyResult(spec.name, "updated"))
         except kerr.KafkaError as exc:
-            raise _translate(exc, "provisioning topics") from exc
+            raise translate(exc, "provisioning topics") from exc
         return results
 
     async def _update_topic(
@@ -361,7 +317,7 @@ class KafkaBus:
             try:
                 described = await self.admin.describe_topics(missing)
             except kerr.KafkaError as exc:
-                raise _translate(exc, "describing topics") from exc
+                raise translate(exc, "describing topics") from exc
             for meta in described:
                 if meta["error_code"] or not meta["partitions"]:
                     raise StreamNotFound(f"topic {meta['topic']} does not exist", hint="run `spine streams apply`")
@@ -376,7 +332,7 @@ class KafkaBus:
             listed = dict(await self.reader.end_offsets(tps))
             return await self._high_watermarks(listed)
         except kerr.KafkaError as exc:
-            raise _translate(exc, "reading offsets") from exc
+            raise translate(exc, "reading offsets") from exc
 
     async def _high_watermarks(self, listed: dict[Any, int]) -> dict[Any, int]:
         """The true end offsets: a fetch from the listed ends reports each high watermark.
@@ -417,7 +373,7 @@ class KafkaBus:
         kafka = self.config.kafka
         if isinstance(exc, kerr.UnknownError) and (kafka.idempotence or kafka.transactional_id):
             return self._producer_refused(exc, what)
-        return _translate(exc, what)
+        return translate(exc, what)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
@@ -570,7 +526,7 @@ class KafkaBus:
             await member.close()
 
     def group_client(self, group: str) -> GroupConsumer:
-        return GroupConsumer(self, group)
+        return GroupConsumer(self.client_options(), self.config, group)
 
     # -- replay, lag, admin ----------------------------------------------------------
     async def replay(
@@ -632,7 +588,7 @@ class KafkaBus:
             try:
                 found = await self.reader.offsets_for_times({tp: _ms(start) for tp in tps})
             except kerr.KafkaError as exc:
-                raise _translate(exc, "looking up offsets by time") from exc
+                raise translate(exc, "looking up offsets by time") from exc
             for tp in tps:
                 hit = found.get(tp)
                 lo, hi = ranges[tp.topic, tp.partition]
@@ -655,7 +611,7 @@ class KafkaBus:
         consumer = AIOKafkaConsumer(**self.client_options(), enable_auto_commit=False, max_poll_records=1000)
         self._consumers.add(consumer)
         try:
-            await _start(consumer)
+            await start_client(consumer)
             for (topic, p), (lo, hi) in sorted(ranges.items()):
                 tp = TopicPartition(topic, p)
                 stop = scan_to[tp] if scan_to is not None else hi
@@ -674,10 +630,10 @@ class KafkaBus:
                         if start_ms is None or rec.timestamp >= start_ms:
                             yield rec
         except kerr.KafkaError as exc:
-            raise _translate(exc, "reading records") from exc
+            raise translate(exc, "reading records") from exc
         finally:
             self._consumers.discard(consumer)
-            await _stop(consumer)
+            await stop_client(consumer)
 
     async def follow(
         self,
@@ -700,7 +656,7 @@ class KafkaBus:
         consumer = AIOKafkaConsumer(**self.client_options(), enable_auto_commit=False, max_poll_records=1000)
         self._consumers.add(consumer)
         try:
-            await _start(consumer)
+            await start_client(consumer)
             consumer.assign(tps)
             for tp, offset in starts.items():
                 consumer.seek(tp, offset)
@@ -711,10 +667,10 @@ class KafkaBus:
                         if item is not None:
                             yield item
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"following {spec.name}") from exc
+            raise translate(exc, f"following {spec.name}") from exc
         finally:
             self._consumers.discard(consumer)
-            await _stop(consumer)
+            await stop_client(consumer)
 
     def _follow_item(self, spec: StreamSpec, flt: str, rec: Any) -> Record | Undecodable | None:
         headers = header_map(rec.headers)
@@ -742,9 +698,9 @@ class KafkaBus:
                 try:
                     response = await self.admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
                 except kerr.KafkaError as exc:
-                    raise _translate(exc, f"creating topic {topic}") from exc
+                    raise translate(exc, f"creating topic {topic}") from exc
                 for name, code, message, *_ in response.topic_errors:
-                    if code not in (0, _TOPIC_EXISTS):
+                    if code not in (0, TOPIC_EXISTS):
                         raise StreamError(f"creating topic {name}: {kerr.for_code(code).__name__}: {message}")
             self._checkpoints = KafkaCheckpoints(self, topic)
         return self._checkpoints
@@ -773,7 +729,7 @@ class KafkaBus:
         try:
             found = await self.admin.list_consumer_group_offsets(group, partitions=tps)
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"reading the offsets of group {group}") from exc
+            raise translate(exc, f"reading the offsets of group {group}") from exc
         return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
 
     async def lag(self, group: str) -> GroupLag:
@@ -808,7 +764,7 @@ class KafkaBus:
         try:
             groups = [g[0] for g in await self.admin.list_consumer_groups()]
         except kerr.KafkaError as exc:
-            raise _translate(exc, "listing consumer groups") from exc
+            raise translate(exc, "listing consumer groups") from exc
         lag_by_topic: dict[str, dict[str, int]] = {topic: {} for topic in self.topics}
         for group in sorted(groups):
             for tp, offset in (await self._group_offsets(group, tps)).items():
@@ -892,102 +848,6 @@ class _Sent:
         self.partition = partition
         self.entries = entries
         self.future = future
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """aiokafka's rebalance callbacks, handed to the member as plain (topic, partition) tuples."""
-
-    def __init__(self, member: Member) -> None:
-        self.member = member
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.member.on_revoked([(tp.topic, tp.partition) for tp in revoked])
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.member.on_assigned([(tp.topic, tp.partition) for tp in assigned])
-
-
-class GroupConsumer:
-    """One aiokafka group consumer, its errors translated: what a ``Member`` drives."""
-
-    def __init__(self, bus: KafkaBus, group: str) -> None:
-        kafka = bus.config.kafka
-        self.group = group
-        self.consumer = AIOKafkaConsumer(
-            **bus.client_options(),
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=bus.config.fetch_batch,
-            session_timeout_ms=kafka.session_timeout_ms,
-            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-            isolation_level="read_committed" if kafka.transactional_id else "read_uncommitted",
-        )
-
-    async def start(self, topics: list[str], member: Member) -> None:
-        try:
-            await _start(self.consumer)
-            self.consumer.subscribe(topics, listener=_Listener(member))
-        except kerr.KafkaError as exc:
-            raise _translate(exc, f"joining group {self.group}") from exc
-
-    async def fetch(self, timeout_s: float, max_records: int) -> dict[tuple[str, int], list[Any]]:
-        try:
-            batch = await self.consumer.getmany(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
-        except kerr.KafkaError as exc:
-            raise _translate(exc, f"fetching for group {self.group}") from exc
-        return {(tp.topic, tp.partition): records for tp, records in batch.items()}
-
-    async def committed(self, topic: str, partition: int) -> int | None:
-        try:
-            offset = await self.consumer.committed(TopicPartition(topic, partition))
-        except kerr.KafkaError as exc:
-            raise _translate(exc, f"reading the offsets of group {self.group}") from exc
-        return None if offset is None else int(offset)
-
-    def seek(self, topic: str, partition: int, offset: int) -> None:
-        self.consumer.seek(TopicPartition(topic, partition), offset)
-
-    async def commit(self, offsets: dict[tuple[str, int], int]) -> bool:
-        """Commit; False if a rebalance took the partitions (the next owner re-reads from its commit)."""
-        try:
-            await self.consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
-        except (kerr.CommitFailedError, kerr.IllegalStateError, kerr.RebalanceInProgressError) as exc:
-            log.info("group %s: commit not taken (%s); the partition is re-read from its last commit", self.group, exc)
-            return False
-        except kerr.KafkaError as exc:
-            raise _translate(exc, f"committing offsets of group {self.group}") from exc
-        return True
-
-    async def stop(self) -> None:
-        await _stop(self.consumer)
-
-
-async def _start(consumer: Any) -> None:
-    await consumer.start()
-    # Let aiokafka's helper task take its first step: one cancelled before it ever
-    # ran re-raises CancelledError from stop() and leaves the sockets open.
-    await asyncio.sleep(0)
-
-
-async def _stop(client: Any) -> None:
-    """Stop an aiokafka client, quietly: it is going away either way."""
-    try:
-        await client.stop()
-    except asyncio.CancelledError:
-        # stop() can raise a CancelledError midway: a helper task cancelled before it
-        # ran (see ``_start``), or the coordination task of a member stopped from a
-        # task being cancelled. Close what it skipped, then let a real cancel go on.
-        for part in ("_fetcher", "_client"):
-            inner = getattr(client, part, None)
-            if inner is not None:
-                with contextlib.suppress(Exception):
-                    await inner.close()
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-    except (kerr.KafkaError, OSError) as exc:
-        log.debug("stopping %s: %s", type(client).__name__, exc)
 
 
 def _ms(moment: datetime) -> int:
