@@ -8,7 +8,8 @@ It subscribes ``>`` (every stream but the DLQ) and ``dlq.>`` under one group
 2. write them in one DuckDB transaction (``Archive.write``: new ids inserted,
    ids already archived skipped), in a worker thread while step 1 gathers the
    next batch;
-3. once COMMIT has returned, ack every delivery of the batch;
+3. once COMMIT has returned, ack every delivery of the batch (at once, not
+   when the next batch is full: the event loop runs it between deliveries);
 4. hand the running ``SinkStats`` to ``on_batch``.
 
 A crash before step 3 leaves the batch unacked: the broker redelivers it and
@@ -17,9 +18,10 @@ never duplicate rows. A write that fails stops the sink with the error and
 acks nothing. On ``stop`` the sink leaves the group's subscriptions, commits
 what it already holds, acks it and returns.
 
-Up to four batches are unacked at once (one being written, one filling, two
-fetched ahead), so the broker's ack window must hold them or batches commit
-part-full after ``max_wait_s``: open the sink's bus with ``sink_bus_config``.
+Up to three batches are unacked at once (one being written, one filling, one
+fetched ahead) plus what the transport prefetched, so the broker's ack window
+must hold them or batches commit part-full after ``max_wait_s``: open the
+sink's bus with ``sink_bus_config`` (room for four).
 """
 
 from __future__ import annotations
@@ -106,60 +108,138 @@ async def run_sink(
     if batch_size < 1 or max_wait_s <= 0:
         raise ValueError("batch_size must be >= 1 and max_wait_s > 0")
     stats = SinkStats()
-    queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=batch_size * 2)
+    intake = _Intake(limit=batch_size)
     server = QueryServer(archive) if serve else None
     if server is not None:
         await server.start()
     pumps = [
-        asyncio.create_task(_pump(bus, pattern, group, tenant, queue), name=f"archive-pump {pattern}")
+        asyncio.create_task(_pump(bus, pattern, group, tenant, intake), name=f"archive-pump {pattern}")
         for pattern in (">", "dlq.>")
     ]
     stopped = asyncio.create_task(stop.wait())
+    for task in (*pumps, stopped):
+        task.add_done_callback(intake.wake)
     inflight: _Inflight | None = None
     try:
         while True:
-            writing = inflight.task if inflight is not None else None
-            batch = await _collect(queue, batch_size, max_wait_s, stopped, pumps, writing)
+            batch = await _collect(intake, batch_size, max_wait_s, stopped, pumps, inflight)
             if inflight is not None:
-                await inflight.settle(stats, on_batch, server)
+                await inflight.task  # committed and acked (usually long ago); raises what failed
                 inflight = None
             if batch:
-                inflight = _Inflight(batch, archive)
+                inflight = _Inflight(batch, archive, stats, on_batch, server, intake)
             if stop.is_set():
                 break
         await _cancel(pumps)
-        rest = _drain(queue)  # fetched before the stop: commit them now rather than wait for redelivery
+        rest = intake.take(len(intake))  # fetched before the stop: commit them now rather than wait for redelivery
         if inflight is not None:
-            await inflight.settle(stats, on_batch, server)
+            await inflight.task
             inflight = None
         if rest:
-            await _Inflight(rest, archive).settle(stats, on_batch, server)
+            await _Inflight(rest, archive, stats, on_batch, server, intake).task
     finally:
         await _cancel([*pumps, stopped])
-        if inflight is not None:  # an error elsewhere: let the write finish; ack only if it committed
+        if inflight is not None:  # an error elsewhere: let the write finish; it acks only if it committed
             with contextlib.suppress(Exception):
-                await inflight.settle(stats, None, server)
+                await inflight.task
         if server is not None:
             stats.queries = server.queries
             await server.close()
     return stats
 
 
+_NOBODY = 1 << 62  # no batcher waiting: appending wakes no one
+
+
+class _Intake:
+    """What the pumps fetched, waiting to be batched.
+
+    The pumps append, and wake the batcher only when what it waits for is
+    there (the first delivery of a batch, or a full one): a wakeup per
+    delivery through ``asyncio.Queue`` and ``asyncio.wait`` cost the event
+    loop more than the archive write itself (benchmarks/archive.py, ``ingest``).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._items: list[Delivery] = []
+        self._limit = limit  # pumps wait while this many are held
+        self._want = _NOBODY
+        self._ready: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, delivery: Delivery) -> None:
+        while len(self._items) >= self._limit:
+            if self._room is None or self._room.done():
+                self._room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._room)  # two pumps may wait on it; cancelling one must not wake the other
+        self._items.append(delivery)
+        if len(self._items) >= self._want:
+            self.wake()
+
+    def take(self, n: int) -> list[Delivery]:
+        batch = self._items[:n]
+        del self._items[:n]
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
+        return batch
+
+    async def wait(self, want: int, at_most_s: float) -> None:
+        """Until ``want`` deliveries are held, ``at_most_s`` pass or ``wake`` is called."""
+        if len(self._items) >= want:
+            return
+        loop = asyncio.get_running_loop()
+        self._want = want
+        self._ready = ready = loop.create_future()
+        timer = loop.call_later(at_most_s, self.wake)
+        try:
+            await ready
+        finally:
+            timer.cancel()
+            self._ready = None
+            self._want = _NOBODY
+
+    def wake(self, *_: object) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+
 class _Inflight:
-    """A batch being written in a worker thread."""
+    """A batch being written in a worker thread, then acked and counted as soon as it
+    committed: the event loop keeps gathering the next batch meanwhile, and the acked
+    deliveries are let go of at once (a smaller heap for the garbage collector to walk)."""
 
-    def __init__(self, batch: list[Delivery], archive: Archive) -> None:
-        self.batch = batch
+    def __init__(
+        self,
+        batch: list[Delivery],
+        archive: Archive,
+        stats: SinkStats,
+        on_batch: OnBatch | None,
+        server: QueryServer | None,
+        intake: _Intake,
+    ) -> None:
+        self.task = asyncio.create_task(self._run(batch, archive, stats, on_batch, server))
+        self.task.add_done_callback(intake.wake)  # a failure stops the batcher at once
+
+    @property
+    def failed(self) -> bool:
+        return self.task.done() and (self.task.cancelled() or self.task.exception() is not None)
+
+    @staticmethod
+    async def _run(
+        batch: list[Delivery], archive: Archive, stats: SinkStats, on_batch: OnBatch | None, server: QueryServer | None
+    ) -> None:
         items = [(d.event, d.stream, d.seq) for d in batch]
-        self.task = asyncio.create_task(asyncio.to_thread(archive.write, items))
-
-    async def settle(self, stats: SinkStats, on_batch: OnBatch | None, server: QueryServer | None) -> None:
-        result = await self.task  # raises if the write failed: nothing is acked
-        for delivery in self.batch:
+        result = await asyncio.to_thread(archive.write, items)  # raises if the write failed: nothing is acked
+        del items
+        for delivery in batch:
             try:
                 await delivery.ack()
             except StreamError as exc:  # redelivered later, and skipped as already archived
                 log.warning("ack of %s#%d failed after commit: %s", delivery.stream, delivery.seq, exc)
+        batch.clear()
         stats.batches += 1
         stats.received += result.received
         stats.inserted += result.total_inserted
@@ -173,11 +253,11 @@ class _Inflight:
                 await outcome
 
 
-async def _pump(bus: Bus, pattern: str, group: str, tenant: str, queue: asyncio.Queue[Delivery]) -> None:
+async def _pump(bus: Bus, pattern: str, group: str, tenant: str, intake: _Intake) -> None:
     deliveries = bus.subscribe(pattern, group=group, tenant=tenant, start="all")
     try:
         async for delivery in deliveries:
-            await queue.put(delivery)
+            await intake.put(delivery)
     finally:
         aclose = getattr(deliveries, "aclose", None)
         if aclose is not None:
@@ -185,58 +265,36 @@ async def _pump(bus: Bus, pattern: str, group: str, tenant: str, queue: asyncio.
 
 
 async def _collect(
-    queue: asyncio.Queue[Delivery],
+    intake: _Intake,
     batch_size: int,
     max_wait_s: float,
     stopped: asyncio.Task[bool],
     pumps: list[asyncio.Task[None]],
-    writing: asyncio.Task[WriteResult] | None,
+    inflight: _Inflight | None,
 ) -> list[Delivery]:
-    """The next batch. Returns early (maybe empty) when ``stop`` is set, or when the
-    previous batch's write finished while nothing new has arrived (so it is acked now)."""
+    """The next batch. Returns early (maybe empty) when ``stop`` is set or the batch
+    in flight failed."""
     loop = asyncio.get_running_loop()
-    batch: list[Delivery] = []
     deadline: float | None = None
-    while len(batch) < batch_size:
-        try:
-            batch.append(queue.get_nowait())
-        except asyncio.QueueEmpty:
-            pass
-        else:
-            if deadline is None:
-                deadline = loop.time() + max_wait_s
-            continue
+    while True:
         for pump in pumps:
             if pump.done():
                 raise pump.exception() or RuntimeError(f"{pump.get_name()} ended")
-        if stopped.done() or (deadline is None and writing is not None and writing.done()):
+        held = len(intake)
+        if held >= batch_size or stopped.done():
             break
-        timeout = 1.0 if deadline is None else deadline - loop.time()
-        if timeout <= 0:
+        if inflight is not None and inflight.failed:
             break
-        getter = asyncio.ensure_future(queue.get())
-        waits: set[asyncio.Future[Any]] = {getter, stopped, *pumps}
-        if deadline is None and writing is not None:
-            waits.add(writing)
-        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            batch.append(getter.result())
-            if deadline is None:
-                deadline = loop.time() + max_wait_s
-        else:
-            getter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await getter
-    return batch
-
-
-def _drain(queue: asyncio.Queue[Delivery]) -> list[Delivery]:
-    rest = []
-    while True:
-        try:
-            rest.append(queue.get_nowait())
-        except asyncio.QueueEmpty:
-            return rest
+        if held == 0:
+            await intake.wait(1, 1.0)
+            continue
+        if deadline is None:
+            deadline = loop.time() + max_wait_s
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        await intake.wait(batch_size, remaining)
+    return intake.take(batch_size)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
