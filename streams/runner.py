@@ -23,6 +23,11 @@ Commit protocol, one batch at a time:
    positions + recent input ids) to the checkpoint store, one key per
    partition.
 
+Steps 3 and 4 of batch N run while batch N+1 is read and folded (one batch
+in flight; batch N+1's step 3 starts only after batch N's step 4), so the
+broker's round trips overlap the CPU work. Step 2 takes each touched
+partition's checkpoint as of the end of its batch, before the next fold.
+
 A crash anywhere re-runs from the last checkpoint: before 3 nothing escaped;
 between 3 and 4 the batch is folded again and re-publishes the *same ids*,
 which the broker drops within its duplicate window (and every consumer of
@@ -200,12 +205,23 @@ class Runner(Generic[S]):
             asyncio.create_task(self._read(stream, pattern, filters, queue))
             for stream, (pattern, filters) in self._inputs.items()
         ]
+        flushing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 batch = await self._collect(queue, stop, readers)
+                if flushing is not None and flushing.done():
+                    flushing.result()  # a failed publish or checkpoint stops the runner now
                 if batch:
-                    await self._commit(batch, store)
+                    folded = self._fold(batch)
+                    if flushing is not None:
+                        await flushing  # batch N is published and checkpointed before N+1
+                    flushing = asyncio.create_task(self._flush(batch, folded, store))
+            if flushing is not None:
+                await flushing  # graceful stop: the last batch is published and checkpointed
         finally:
+            if flushing is not None and not flushing.done():  # failing: like a crash, safe to drop
+                flushing.cancel()
+                await asyncio.gather(flushing, return_exceptions=True)
             for task in readers:
                 task.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
@@ -269,8 +285,8 @@ class Runner(Generic[S]):
                 deadline = asyncio.get_running_loop().time() + self.config.batch_wait_s
         return batch
 
-    async def _commit(self, batch: list[Record | Undecodable], store: CheckpointStore) -> None:
-        # Step 2: fold.
+    def _fold(self, batch: list[Record | Undecodable]) -> _Folded:
+        """Step 2: fold the batch; its outputs and the checkpoints of the partitions it touched."""
         self.fault("read")
         outputs: list[Event] = []
         touched: set[int] = set()
@@ -299,7 +315,19 @@ class Runner(Generic[S]):
             part.positions[position_key] = record.seq
             touched.add(p)
             self.health.handled += 1
+        group = self.config.group or self.processor.name
+        checkpoints = [
+            (
+                checkpoint_key(group, p),
+                encode_checkpoint(self.parts[p].to_checkpoint(self.processor, self.config.partitions)),
+            )
+            for p in sorted(touched)
+        ]
         self.fault("folded")
+        return _Folded(outputs, checkpoints)
+
+    async def _flush(self, batch: list[Record | Undecodable], folded: _Folded, store: CheckpointStore) -> None:
+        outputs = folded.outputs
         # Step 3: publish, acked by the broker.
         if outputs:
             await self.bus.publish_many(outputs)
@@ -307,15 +335,13 @@ class Runner(Generic[S]):
         self.health.dead_lettered += sum(1 for e in outputs if e.type.startswith("dlq."))
         self.fault("published")
         # Step 4: checkpoint each touched partition (state + positions together).
-        for i, p in enumerate(sorted(touched)):
-            part = self.parts[p]
-            doc = part.to_checkpoint(self.processor, self.config.partitions)
-            await store.put(checkpoint_key(self.config.group or self.processor.name, p), encode_checkpoint(doc))
+        for i, (key, value) in enumerate(folded.checkpoints):
+            await store.put(key, value)
             if i == 0:
                 self.fault("checkpointing")
         self.fault("checkpointed")
         self.health.batches += 1
-        if touched:
+        if folded.checkpoints:
             self.health.last_checkpoint = time.time()
         for record in batch:
             key = f"{record.stream}/{record.partition}"
@@ -326,6 +352,14 @@ class Runner(Generic[S]):
 
     def _undecodable(self, record: Undecodable) -> Event:
         return undecodable_letter(self.processor.name, record)
+
+
+@dataclass(frozen=True, slots=True)
+class _Folded:
+    """A folded batch waiting for steps 3 and 4: its outputs and encoded checkpoints."""
+
+    outputs: list[Event]
+    checkpoints: list[tuple[str, bytes]]
 
 
 def rejection_letter(
