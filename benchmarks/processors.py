@@ -10,13 +10,13 @@ object per line (DESIGN.md, Conventions):
   (follow, fold, publish decisions with acks, checkpoint to the KV bucket) vs a
   raw nats-py ordered pull loop doing only ``orjson.loads`` + a sum of the cost
   per tenant/model over the same events (``raw-nats``).
-- ``cost_vs_faust``, ``cost_vs_quixstreams``, ``cost_vs_raw_aiokafka``: the same
-  native figure vs, on Tansu, the cost processor hosted by Faust
-  (``connectors.faust_app``), the same aggregation (cost per tenant/model/day
-  from the price table, in keyed state) as a Quix Streams app, and a raw
-  aiokafka loop doing ``orjson.loads`` + sum. The native runner is measured on
-  NATS only: the Kafka Bus has no ``follow()``/``checkpoints()`` yet, which the
-  runner needs (``native_transport`` says so on each row).
+- ``cost_vs_faust``, ``cost_vs_quixstreams``, ``cost_vs_raw_aiokafka``: on
+  Tansu, the native runner hosting ``CostProcessor`` on the Kafka Bus (follow,
+  fold, publish decisions, checkpoint to the compacted checkpoint topic) vs the
+  cost processor hosted by Faust (``connectors.faust_app``), the same
+  aggregation (cost per tenant/model/day from the price table, in keyed
+  state) as a Quix Streams app, and a raw aiokafka loop doing
+  ``orjson.loads`` + sum (``raw-aiokafka``).
 - ``runner_memory_peak_rss``: the native runner consumes N events (1M in a full
   run) in a fresh child process; RSS at 10/50/100 %; peak must stay flat.
 
@@ -189,9 +189,15 @@ async def nats_fill(url: str, tenant: str, n: int) -> None:
         await nc.drain()
 
 
-async def native_nats(url: str, tenant: str, n: int, on_count: Callable[[int], None] | None = None) -> float:
+async def native_run(
+    url: str,
+    tenant: str,
+    n: int,
+    on_count: Callable[[int], None] | None = None,
+    config: streams.BusConfig | None = None,
+) -> float:
     """Seconds for the native runner to fold ``n`` events of ``tenant`` (decisions published, checkpointed)."""
-    async with streams.connect(url) as bus:
+    async with streams.connect(url, config) as bus:
         runner = Runner(bus, processor(), RunnerConfig(tenant=tenant, group=f"bench-{tenant}"))
         stop = asyncio.Event()
         start = time.perf_counter()
@@ -261,7 +267,7 @@ async def nats_throughput(url: str, plan: Plan) -> tuple[dict[str, Any], float]:
         order = ("native", "raw") if rep % 2 == 0 else ("raw", "native")
         for side in order:
             if side == "native":
-                native.append(plan.native / await native_nats(url, tenant, plan.native))
+                native.append(plan.native / await native_run(url, tenant, plan.native))
             else:
                 raw.append(plan.native / await raw_nats(url, tenant, plan.native))
     spine, base = statistics.median(native), statistics.median(raw)
@@ -382,15 +388,22 @@ def quix_run(bootstrap: str, n: int, state_dir: str) -> float:
     return time.perf_counter() - start
 
 
-def kafka_rows(plan: Plan, native: float, tmp: Path) -> list[dict[str, Any]]:
+def kafka_rows(plan: Plan, tmp: Path) -> list[dict[str, Any]]:
     rows = []
-    native_note = "native runner measured on NATS: the Kafka Bus has no follow()/checkpoints() yet"
-    common = {"native_transport": "nats", "baseline_transport": "kafka (Tansu, memory storage)", "note": native_note}
-    n = max(plan.faust, plan.quix, plan.raw)
+    common = {"transport": "kafka (Tansu, memory storage), every side reading the same topic"}
+    n = max(plan.faust, plan.quix, plan.raw, plan.native)
     with TansuBroker(tmp / "tansu") as broker:
         tenant = f"kbench-{uuid.uuid4().hex[:6]}"
         asyncio.run(kafka_fill(broker.url, tenant, n))
-        raw = plan.raw / asyncio.run(raw_aiokafka(broker.bootstrap, plan.raw))
+        natives, raws = [], []
+        for rep in range(plan.reps):  # alternate the order: the machine is shared and noisy
+            for side in ("native", "raw") if rep % 2 == 0 else ("raw", "native"):
+                if side == "native":
+                    seconds = asyncio.run(native_run(broker.url, tenant, plan.native, config=KAFKA))
+                    natives.append(plan.native / seconds)
+                else:
+                    raws.append(plan.raw / asyncio.run(raw_aiokafka(broker.bootstrap, plan.raw)))
+        native, raw = statistics.median(natives), statistics.median(raws)
         try:
             faust: float | None = plan.faust / asyncio.run(faust_run(broker.url, tenant, plan.faust))
             faust_error = None
@@ -438,6 +451,9 @@ def kafka_rows(plan: Plan, native: float, tmp: Path) -> list[dict[str, Any]]:
             raw,
             target_ratio=0.5,
             events=plan.raw,
+            runs_spine=[round(x) for x in natives],
+            runs_baseline=[round(x) for x in raws],
+            spine_does="follow + decode/validate + fold + publish decisions (acked) + checkpoint per batch",
             baseline_does="AIOKafkaConsumer.getmany + orjson.loads + sum per tenant/model",
             **common,
         )
@@ -456,7 +472,7 @@ async def memory_child(url: str, tenant: str, n: int) -> dict[str, Any]:
         samples[f"{marks[count]}%"] = rss_mb()
 
     before = rss_mb()
-    elapsed = await native_nats(url, tenant, n, on_count)
+    elapsed = await native_run(url, tenant, n, on_count)
     return {"events_per_s": n / elapsed, "start": before, "checkpoints": samples}
 
 
@@ -502,12 +518,11 @@ def main() -> None:
         return
     plan = PLANS["quick" if args.quick else "full"]
     with tempfile.TemporaryDirectory(prefix="spine-bench-") as tmp, NatsServer(Path(tmp) / "nats") as server:
-        native = None
-        if args.only in (None, "nats", "kafka"):
-            row, native = asyncio.run(nats_throughput(server.url, plan))
+        if args.only in (None, "nats"):
+            row, _ = asyncio.run(nats_throughput(server.url, plan))
             emit(row | {"mode": plan.mode})
         if args.only in (None, "kafka"):
-            for row in kafka_rows(plan, native or 0.0, Path(tmp)):
+            for row in kafka_rows(plan, Path(tmp)):
                 emit(row | {"mode": plan.mode})
         if args.only in (None, "memory"):
             emit(memory(server.url, plan) | {"mode": plan.mode})
