@@ -7,6 +7,8 @@ Prints one JSON object per line (DESIGN.md, Conventions):
 1. ``ingest``: the archive sink (``run_sink``: subscribe, batch, Arrow, DuckDB
    commit, ack) vs a raw consume loop (``bus.subscribe`` + ``ack``) on the same
    transport: an embedded nats-server started on a free port. Target >= 0.8x.
+   Both sides run after ``spine.gcpolicy.freeze_startup_heap()``, as
+   ``spine run archive`` does.
 2. ``write_path``: decoded events -> ``Archive.write`` in the sink's batches
    (5000) vs DuckDB loading the same events from a JSONL file with
    ``read_json``. Targets >= 0.2x and >= 200k events/s.
@@ -59,6 +61,7 @@ from connectors.archive.replay import read_events, row_plan
 from processors import registry
 from processors.runtime import run_partitioned
 from schemas import Event, encode, make_event
+from spine.gcpolicy import freeze_startup_heap
 from streams import BusConfig
 from streams.embedded import NatsServer
 
@@ -227,7 +230,7 @@ async def ingest(url: str, tmp: Path, plan: Plan) -> dict[str, Any]:
             order = ["spine", "raw"] if rep % 2 == 0 else ["raw", "spine"]
             for side in order:
                 with Archive.open(tmp / f"ingest-{tag}.duckdb", read_only=False) as archive:
-                    gc.collect()
+                    freeze_startup_heap()  # as `spine run archive` does, for both sides
                     wall, cpu0 = time.perf_counter(), time.process_time()
                     if side == "raw":
                         await raw_consume(bus, f"raw-{tag}", tenants[side], n)

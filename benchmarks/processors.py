@@ -56,6 +56,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import streams
 from processors.cost import Budget, CostConfig, CostProcessor, ModelPrice, PriceTable
 from schemas import encode, make_event, uuid7
+from spine.gcpolicy import freeze_startup_heap
 from streams.catalog import nats_subject
 from streams.config import KafkaSettings
 from streams.embedded import NatsServer
@@ -200,6 +201,7 @@ async def native_run(
     async with streams.connect(url, config) as bus:
         runner = Runner(bus, processor(), RunnerConfig(tenant=tenant, group=f"bench-{tenant}"))
         stop = asyncio.Event()
+        freeze_startup_heap()  # as `spine run` does
         start = time.perf_counter()
         task = asyncio.create_task(runner.run(stop))
         marks = sorted({n * p // 100 for p in CHECKPOINTS})
@@ -231,6 +233,7 @@ async def raw_nats(url: str, tenant: str, n: int) -> float:
         inactive_threshold=30.0,
     )
     totals: dict[tuple[str, str], list[float]] = {}
+    freeze_startup_heap()  # the same GC policy as the native side
     start = time.perf_counter()
     sub = await js.pull_subscribe(cfg.filter_subject or "", stream="LLM", config=cfg)
     count = 0
@@ -333,6 +336,7 @@ async def raw_aiokafka(bootstrap: str, n: int) -> float:
         "spine.llm", bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
     )
     totals: dict[tuple[str, str], list[float]] = {}
+    freeze_startup_heap()  # the same GC policy as the native side
     start = time.perf_counter()
     await consumer.start()
     count = 0

@@ -98,6 +98,7 @@ async def _sink(
 ) -> dict[str, Any]:
     import streams
     from connectors.archive import Archive, SinkStats, run_sink, sink_bus_config
+    from spine.gcpolicy import freeze_startup_heap
 
     cfg = settings()
     batch = batch_size or cfg.archive.batch_size
@@ -133,6 +134,7 @@ async def _sink(
     idle = asyncio.create_task(watchdog())
     try:
         async with streams.connect(url, sink_bus_config(cfg.bus, batch)) as bus:
+            freeze_startup_heap()
             stats = await run_sink(
                 bus,
                 archive,

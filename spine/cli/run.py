@@ -93,6 +93,7 @@ async def _run(
     quiet: bool,
 ) -> list[dict[str, Any]]:
     import streams
+    from spine.gcpolicy import freeze_startup_heap
     from streams.runner import Runner, RunnerConfig
 
     cfg = settings()
@@ -108,6 +109,7 @@ async def _run(
             f"on {url}; Ctrl-C stops after the batch in hand[/dim]"
         )
     async with streams.connect(url, cfg.bus) as bus:
+        freeze_startup_heap()
         runners = [
             Runner(
                 bus,
