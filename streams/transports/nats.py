@@ -1,4 +1,8 @@
-"""The Bus on NATS JetStream. The only module that imports ``nats``.
+"""The Bus on NATS JetStream: connection, publish, consumer groups, replay and follow.
+
+With ``nats_clients.py`` (error translation, the pull loop, the publish ack
+inbox) and ``nats_admin.py`` (streams, lag, describe, checkpoints), the only
+modules that import ``nats``.
 
 - Subjects ``spine.<tenant>.<type>.<key>``; one JetStream stream per catalog
   entry; ``Nats-Msg-Id`` = event id so the broker drops duplicates within the
@@ -6,11 +10,11 @@
 - ``publish`` waits for the JetStream ack; ``publish_many`` pipelines async
   publishes (a sliding window of unacked ones) and returns every ack.
 - A consumer group is a durable pull consumer per stream, fetched in batches
-  by ``_Puller`` (one wake-up per batch, not per message). The server's
+  by ``Puller`` (one wake-up per batch, not per message). The server's
   ``max_deliver`` is one more than ours: the extra delivery is the one this
   client turns into a ``dlq.max_deliver`` dead letter, then terms. Undecodable
   payloads are dead-lettered on receipt and never reach the handler.
-- Every nats-py error is translated to ``streams.errors`` here.
+- Every nats-py error is translated to ``streams.errors`` (``nats_clients.translate``).
 """
 
 from __future__ import annotations
@@ -20,20 +24,16 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Self, cast
+from typing import Self
 
 import nats
 import nats.errors
 import nats.js.errors
-import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
-from nats.js.kv import KeyValue
 
 from schemas import Event, SchemaError, decode, encode
 from streams.bus import (
@@ -44,11 +44,9 @@ from streams.bus import (
     Record,
     StartAt,
     StreamInfo,
-    StreamLag,
     Undecodable,
 )
 from streams.catalog import (
-    CATALOG,
     StreamSpec,
     nats_filter,
     nats_subject,
@@ -58,33 +56,22 @@ from streams.catalog import (
 )
 from streams.config import BusConfig
 from streams.deadletters import DeadLetterKind, dead_letter
-from streams.errors import (
-    BrokerUnavailable,
-    ConsumerError,
-    InvalidArgument,
-    PublishError,
-    StreamError,
-    StreamNotFound,
-)
+from streams.errors import BrokerUnavailable, ConsumerError, InvalidArgument, PublishError
 from streams.naming import check_group, check_pattern, check_tenant
+from streams.transports import nats_admin
+from streams.transports.nats_admin import NatsCheckpoints
+from streams.transports.nats_clients import (
+    AckInbox,
+    Puller,
+    seq_and_deliveries,
+    stream_and_consumer_seq,
+    translate,
+)
 
 log = logging.getLogger("spine.streams.nats")
 
 _FETCH_WAIT_S = 2.0
 _RETRYABLE = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError)
-
-
-def _translate(exc: Exception, what: str) -> StreamError:
-    """Map a nats-py error onto Spine's tree (call as ``raise _translate(e, ...) from e``)."""
-    if isinstance(exc, nats.js.errors.NotFoundError):
-        return StreamNotFound(f"{what}: not found ({exc.description or exc})")
-    if isinstance(exc, nats.errors.NoServersError | nats.errors.ConnectionClosedError):
-        return BrokerUnavailable(f"{what}: no connection to NATS", hint="is the broker running? `spine broker status`")
-    if isinstance(exc, nats.errors.TimeoutError | nats.errors.NoRespondersError):
-        return PublishError(f"{what}: the broker did not answer in time", hint="check `spine broker status`")
-    if isinstance(exc, nats.js.errors.APIError):
-        return StreamError(f"{what}: JetStream said {exc.description or exc} (code {exc.err_code})")
-    return StreamError(f"{what}: {type(exc).__name__}: {exc}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -98,226 +85,6 @@ def _headers(event: Event) -> dict[str, str]:
     if event.traceparent:
         headers["traceparent"] = event.traceparent
     return headers
-
-
-def _position(msg: Msg) -> tuple[int, int]:
-    """(stream sequence, delivery count) of a JetStream message.
-
-    ``msg.metadata`` also builds a datetime and two dataclasses (about 10 us, a
-    tenth of a delivery's whole cost), so the common v1 ack subject
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``
-    is read directly; any other form goes through nats-py.
-    """
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return int(tokens[5]), int(tokens[4])
-    meta = msg.metadata
-    return meta.sequence.stream, meta.num_delivered
-
-
-_CHECKPOINT_BUCKET = "spine_checkpoints"
-
-
-class _NatsCheckpoints:
-    """Checkpoints in a JetStream KV bucket (file storage, latest value per key)."""
-
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
-
-    async def get(self, key: str) -> bytes | None:
-        try:
-            entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise _translate(exc, f"reading checkpoint {key}") from exc
-        return entry.value
-
-    async def put(self, key: str, value: bytes) -> None:
-        try:
-            await self._kv.put(key, value)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise _translate(exc, f"writing checkpoint {key}") from exc
-
-    async def keys(self, prefix: str) -> list[str]:
-        try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise _translate(exc, "listing checkpoints") from exc
-        return sorted(k for k in keys if k.startswith(prefix))
-
-
-class _AckInbox:
-    """The acks of one ``publish_many``: nats-py's ``publish_async``, minus its per-message costs.
-
-    For every message ``publish_async`` draws random bytes for a token, builds a
-    future with a done callback and parses the ack with the stdlib ``json`` and
-    a dataclass: more than encoding the event costs. Here publish ``i`` replies
-    to ``<inbox>.<i>`` and the inbox callback writes its ack into a list.
-    """
-
-    def __init__(self, nc: Client) -> None:
-        self._nc = nc
-        self._prefix = nc.new_inbox() + "."
-        self._sub: Subscription | None = None
-        self._acks: list[PublishAck | None] = []  # by publish index
-        self.waiting: dict[int, Event] = {}  # sent, no ack yet
-        self.failed: dict[int, Event] = {}  # to retry alone (an error reply, or no reply in time)
-        self.progress = asyncio.Event()
-
-    async def __aenter__(self) -> Self:
-        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-
-    def expect(self, event: Event) -> str:
-        """Register the next publish; returns its reply subject."""
-        index = len(self._acks)
-        self._acks.append(None)
-        self.waiting[index] = event
-        return f"{self._prefix}{index}"
-
-    def settle(self, index: int, ack: PublishAck) -> None:
-        self._acks[index] = ack
-
-    def acks(self) -> list[PublishAck]:
-        if self.waiting or self.failed:
-            raise AssertionError("publish_many returned with unsettled publishes")
-        return cast("list[PublishAck]", self._acks)  # every slot is settled
-
-    async def _on_ack(self, msg: Msg) -> None:
-        index = int(msg.subject[len(self._prefix) :])
-        event = self.waiting.pop(index, None)
-        if event is None:
-            return  # a late ack of a publish that was retried
-        ack = _pub_ack(msg)
-        if ack is None:
-            self.failed[index] = event
-        else:
-            self._acks[index] = ack
-        self.progress.set()
-
-
-def _pub_ack(msg: Msg) -> PublishAck | None:
-    """The broker's ack, or None for an error reply (no stream, a JetStream error)."""
-    if msg.headers and msg.headers.get(api.Header.STATUS):
-        return None
-    try:
-        doc = orjson.loads(msg.data)
-        return PublishAck(doc["stream"], doc["seq"], bool(doc.get("duplicate")))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None  # {"error": {...}} has no stream
-
-
-def _stream_and_consumer_seq(msg: Msg) -> tuple[int, int]:
-    """(stream sequence, consumer sequence) of a JetStream message, from its ack subject when it can."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return int(tokens[5]), int(tokens[6])
-    meta = msg.metadata
-    return meta.sequence.stream, meta.sequence.consumer
-
-
-class _Puller:
-    """One group member's pull requests to a durable consumer: nats-py's fetch, minus its per-message tasks.
-
-    ``PullSubscription.fetch`` waits for each message with ``next_msg``, which
-    starts two asyncio tasks per message (about 40 us, as much as the rest of a
-    delivery). Here the inbox callback appends to a deque and wakes ``fetch``
-    once per batch. The protocol is nats-py's: a ``no_wait`` request first
-    (whatever is there now), and only if that brings nothing, one that lingers
-    until the batch fills or it expires. Each request has its own reply
-    subject, so a late status of an abandoned request is ignored, while its
-    late messages are kept for the next fetch (they count as delivered and
-    would otherwise sit out ``ack_wait``).
-    """
-
-    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
-        self._nc = nc
-        self._next = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-        self._inbox = nc.new_inbox()
-        self._sub: Subscription | None = None
-        self._msgs: deque[Msg] = deque()
-        self._requests = 0
-        self._reply = ""
-        self._want = 0
-        self._ended: Msg | None = None  # the status that ended the current request
-        self._wake = asyncio.Event()
-
-    async def start(self) -> Self:
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
-        return self
-
-    async def unsubscribe(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-
-    async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get(api.Header.STATUS) if msg.headers else None
-        if not status:
-            self._msgs.append(msg)
-            if len(self._msgs) >= self._want:
-                self._wake.set()
-        elif msg.subject == self._reply and status != api.StatusCode.CONTROL_MESSAGE:
-            self._ended = msg
-            self._wake.set()
-
-    async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
-        """Up to ``batch`` messages; ``[]`` if none arrived within ``wait_s`` seconds."""
-        if not self._msgs:
-            deadline = asyncio.get_running_loop().time() + wait_s
-            await self._request(batch, deadline, no_wait=True)
-            if not self._msgs:
-                await self._request(batch, deadline, no_wait=False)
-        return [self._msgs.popleft() for _ in range(min(batch, len(self._msgs)))]
-
-    def _take_ended(self) -> Msg | None:
-        ended, self._ended = self._ended, None
-        return ended
-
-    async def _request(self, batch: int, deadline: float, *, no_wait: bool) -> None:
-        """Ask for ``batch`` messages; return once they are here, the request ends, or at ``deadline``."""
-        expires = int((deadline - asyncio.get_running_loop().time()) * 1e9) - 100_000
-        if expires <= 0:
-            return
-        self._requests += 1
-        self._reply = f"{self._inbox}.{self._requests}"
-        self._want = batch
-        self._ended = None
-        self._wake.clear()
-        request: dict[str, Any] = {"batch": batch, "expires": expires}
-        if no_wait:
-            request["no_wait"] = True
-        else:
-            # Lingering: hand over the first message at once (the request keeps
-            # delivering the rest into the deque for the next fetch), so a lone
-            # event is not held until the batch fills or the request expires.
-            self._want = 1
-        await self._nc.publish(self._next, orjson.dumps(request), reply=self._reply)
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._wake.wait()
-            except TimeoutError:
-                return
-            ended = self._take_ended()
-            if ended is None:
-                return  # the batch is here
-            status = (ended.headers or {}).get(api.Header.STATUS)
-            if status in (api.StatusCode.NO_MESSAGES, api.StatusCode.REQUEST_TIMEOUT):
-                return  # the server has nothing more for this request
-            if status != api.StatusCode.CONFLICT:
-                raise nats.js.errors.APIError.from_msg(ended)
-            # 409 (leadership change, max waiting, ...) is transient, as in nats-py: keep waiting.
-            if len(self._msgs) >= self._want:
-                return
-            self._wake.clear()
 
 
 class NatsDelivery:
@@ -360,7 +127,7 @@ class NatsBus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._closing = False
-        self._checkpoints: _NatsCheckpoints | None = None
+        self._checkpoints: NatsCheckpoints | None = None
         self._connected = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -396,7 +163,7 @@ class NatsBus:
         self._nc.options["max_reconnect_attempts"] = -1
         self._connected = True
         self._js = self._nc.jetstream(timeout=self.config.publish_timeout_s)
-        await self._ensure_streams()
+        await nats_admin.ensure_streams(self)
         return self
 
     async def _on_disconnect(self) -> None:
@@ -439,56 +206,8 @@ class NatsBus:
         return self._js
 
     # -- provisioning ----------------------------------------------------------------
-    def _stream_config(self, spec: StreamSpec) -> api.StreamConfig:
-        settings = self.config.stream(spec.name)
-        return api.StreamConfig(
-            name=spec.name,
-            description=f"Spine {spec.name} (key: {spec.key})",
-            subjects=spec.nats_subjects(),
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            max_age=settings.max_age_s,
-            max_bytes=settings.max_bytes,
-            num_replicas=settings.replicas,
-            duplicate_window=settings.duplicate_window_s,
-            max_msgs_per_subject=1 if spec.compacted else -1,
-            allow_direct=True,
-        )
-
-    async def _ensure_streams(self) -> None:
-        """Create missing streams (never changes existing ones: that is `provision`)."""
-        for spec in CATALOG:
-            try:
-                await self.js.stream_info(spec.name)
-            except nats.js.errors.NotFoundError:
-                try:
-                    await self.js.add_stream(self._stream_config(spec))
-                except nats.js.errors.APIError as exc:
-                    raise _translate(exc, f"creating stream {spec.name}") from exc
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise _translate(exc, f"reading stream {spec.name}") from exc
-
     async def provision(self) -> list[ApplyResult]:
-        results = []
-        for spec in CATALOG:
-            wanted = self._stream_config(spec)
-            try:
-                info = await self.js.stream_info(spec.name)
-            except nats.js.errors.NotFoundError:
-                await self.js.add_stream(wanted)
-                results.append(ApplyResult(spec.name, "created"))
-                continue
-            current = info.config
-            fields = ("subjects", "max_age", "max_bytes", "num_replicas", "duplicate_window", "max_msgs_per_subject")
-            if all(_same(getattr(current, f), getattr(wanted, f)) for f in fields):
-                results.append(ApplyResult(spec.name, "unchanged"))
-                continue
-            try:
-                await self.js.update_stream(wanted)
-            except nats.js.errors.APIError as exc:
-                raise _translate(exc, f"updating stream {spec.name}") from exc
-            results.append(ApplyResult(spec.name, "updated"))
-        return results
+        return await nats_admin.provision(self)
 
     # -- publish -------------------------------------------------------------------
     async def publish(self, event: Event) -> PublishAck:
@@ -510,13 +229,13 @@ class NatsBus:
                 return PublishAck(ack.stream, ack.seq, bool(ack.duplicate))
             except _RETRYABLE as exc:
                 if attempt == 5:
-                    raise _translate(exc, f"publish to {subject}") from exc
+                    raise translate(exc, f"publish to {subject}") from exc
                 await asyncio.sleep(delay)
                 delay *= 2
             except nats.js.errors.NoStreamResponseError as exc:
                 raise PublishError(f"no stream stores {subject}", hint="run `spine streams apply`") from exc
             except (nats.errors.Error, TimeoutError) as exc:
-                raise _translate(exc, f"publish to {subject}") from exc
+                raise translate(exc, f"publish to {subject}") from exc
         raise AssertionError("unreachable")
 
     async def publish_many(self, events: Iterable[Event]) -> list[PublishAck]:
@@ -530,7 +249,7 @@ class NatsBus:
         nc = self.nc
         window = self.config.publish_window
         try:
-            async with _AckInbox(nc) as inbox:
+            async with AckInbox(nc) as inbox:
                 for event in events:
                     reply = inbox.expect(event)
                     await nc.publish(
@@ -543,10 +262,10 @@ class NatsBus:
                         await self._settle(inbox, window - 1)
                 await self._settle(inbox, 0)
         except nats.errors.Error as exc:
-            raise _translate(exc, "batched publish") from exc
+            raise translate(exc, "batched publish") from exc
         return inbox.acks()
 
-    async def _settle(self, inbox: _AckInbox, most: int) -> None:
+    async def _settle(self, inbox: AckInbox, most: int) -> None:
         """Wait until at most ``most`` publishes are unacked, retrying failed and overdue ones alone."""
         while True:
             while inbox.failed:
@@ -566,7 +285,7 @@ class NatsBus:
                 inbox.waiting.clear()
 
     # -- consume -------------------------------------------------------------------
-    async def _bind(self, spec: StreamSpec, group: str, flt: str, start: StartAt) -> _Puller:
+    async def _bind(self, spec: StreamSpec, group: str, flt: str, start: StartAt) -> Puller:
         cfg = api.ConsumerConfig(
             durable_name=group,
             name=group,
@@ -588,9 +307,9 @@ class NatsBus:
             except nats.js.errors.NotFoundError:
                 pass
             await self.js.add_consumer(spec.name, config=cfg)
-            return await _Puller(self.nc, spec.name, group).start()
+            return await Puller(self.nc, spec.name, group).start()
         except (nats.errors.Error, TimeoutError) as exc:
-            raise _translate(exc, f"joining group {group} on {spec.name}") from exc
+            raise translate(exc, f"joining group {group} on {spec.name}") from exc
 
     async def subscribe(
         self,
@@ -620,10 +339,10 @@ class NatsBus:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
-    async def _merge(self, subs: list[tuple[str, _Puller]], group: str) -> AsyncIterator[NatsDelivery]:
+    async def _merge(self, subs: list[tuple[str, Puller]], group: str) -> AsyncIterator[NatsDelivery]:
         queue: asyncio.Queue[list[NatsDelivery] | BaseException] = asyncio.Queue(maxsize=len(subs))
 
-        async def pull(name: str, sub: _Puller) -> None:
+        async def pull(name: str, sub: Puller) -> None:
             try:
                 while True:
                     batch = await self._fetch(name, group, sub)
@@ -645,7 +364,7 @@ class NatsBus:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _fetch(self, stream: str, group: str, sub: _Puller) -> list[NatsDelivery]:
+    async def _fetch(self, stream: str, group: str, sub: Puller) -> list[NatsDelivery]:
         try:
             msgs = await sub.fetch(self.config.fetch_batch, _FETCH_WAIT_S)
         except (nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError) as exc:
@@ -653,11 +372,11 @@ class NatsBus:
             await asyncio.sleep(0.5)
             return []
         except nats.errors.Error as exc:
-            raise _translate(exc, f"fetching {stream} for group {group}") from exc
+            raise translate(exc, f"fetching {stream} for group {group}") from exc
         out: list[NatsDelivery] = []
         max_deliver = self.config.max_deliver
         for msg in msgs:
-            seq, attempt = _position(msg)
+            seq, attempt = seq_and_deliveries(msg)
             if attempt > max_deliver:
                 reason = f"not acknowledged after {attempt - 1} deliveries (max_deliver)"
                 await self._dead_letter("max_deliver", reason, msg, stream, group, None, attempt - 1)
@@ -715,7 +434,7 @@ class NatsBus:
         try:
             info = await self.js.stream_info(spec.name)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise _translate(exc, f"reading stream {spec.name}") from exc
+            raise translate(exc, f"reading stream {spec.name}") from exc
         stop = info.state.last_seq
         if isinstance(end, int):
             stop = min(stop, end)
@@ -739,7 +458,7 @@ class NatsBus:
         try:
             sub = await self.js.pull_subscribe(cfg.filter_subject or ">", stream=spec.name, config=cfg)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise _translate(exc, f"replaying {spec.name}") from exc
+            raise translate(exc, f"replaying {spec.name}") from exc
         end_ts = end.astimezone(UTC) if isinstance(end, datetime) else None
         try:
             while True:
@@ -775,7 +494,7 @@ class NatsBus:
         spec = stream_spec(stream)
         flt = nats_filter(check_pattern(pattern), check_tenant(tenant))
         position = (after or {}).get(0, 0)
-        reader: _Puller | None = None
+        reader: Puller | None = None
         name = ""
         delivered = 0  # consumer sequence of the last message: a jump means a lost message
         try:
@@ -793,9 +512,9 @@ class NatsBus:
                     )
                     try:
                         await self.js.add_consumer(spec.name, config=cfg)
-                        reader = await _Puller(self.nc, spec.name, name).start()
+                        reader = await Puller(self.nc, spec.name, name).start()
                     except (nats.errors.Error, TimeoutError) as exc:
-                        raise _translate(exc, f"following {spec.name}") from exc
+                        raise translate(exc, f"following {spec.name}") from exc
                     delivered = 0
                 try:
                     msgs = await reader.fetch(self.config.fetch_batch, _FETCH_WAIT_S)
@@ -806,7 +525,7 @@ class NatsBus:
                     await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
-                    seq, consumer_seq = _stream_and_consumer_seq(msg)
+                    seq, consumer_seq = stream_and_consumer_seq(msg)
                     if consumer_seq != delivered + 1:  # a message went missing: reopen after the last one we have
                         log.warning("follow %s: gap after seq %d; reopening", spec.name, position)
                         await self._close_reader(spec.name, name, reader)
@@ -824,7 +543,7 @@ class NatsBus:
             if reader is not None:
                 await self._close_reader(spec.name, name, reader)
 
-    async def _close_reader(self, stream: str, name: str, reader: _Puller) -> None:
+    async def _close_reader(self, stream: str, name: str, reader: Puller) -> None:
         with contextlib.suppress(Exception):
             await reader.unsubscribe()
         with contextlib.suppress(Exception):
@@ -832,73 +551,14 @@ class NatsBus:
 
     async def checkpoints(self) -> CheckpointStore:
         if self._checkpoints is None:
-            try:
-                try:
-                    kv = await self.js.key_value(_CHECKPOINT_BUCKET)
-                except nats.js.errors.BucketNotFoundError:
-                    kv = await self.js.create_key_value(
-                        bucket=_CHECKPOINT_BUCKET,
-                        history=1,
-                        storage=api.StorageType.FILE,
-                        description="Spine processor checkpoints (state + input positions)",
-                    )
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise _translate(exc, "opening the checkpoint bucket") from exc
-            self._checkpoints = _NatsCheckpoints(kv)
+            self._checkpoints = await nats_admin.open_checkpoints(self)
         return self._checkpoints
 
     async def lag(self, group: str) -> GroupLag:
-        check_group(group)
-        lags: dict[str, StreamLag] = {}
-        for spec in CATALOG:
-            try:
-                info = await self.js.consumer_info(spec.name, group)
-            except nats.js.errors.NotFoundError:
-                continue
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise _translate(exc, f"reading group {group}") from exc
-            lags[spec.name] = StreamLag(info.num_pending or 0, info.num_ack_pending or 0)
-        if not lags:
-            raise StreamNotFound(f"no consumer group {group!r}", hint="groups appear once a member subscribes")
-        return GroupLag(group, lags)
+        return await nats_admin.lag(self, group)
 
     async def describe(self) -> list[StreamInfo]:
-        out = []
-        try:
-            for spec in CATALOG:
-                try:
-                    info = await self.js.stream_info(spec.name)
-                except nats.js.errors.NotFoundError:
-                    continue
-                groups: dict[str, int] = {}
-                for consumer in await self.js.consumers_info(spec.name):
-                    if consumer.config.durable_name:
-                        groups[consumer.name] = (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
-                state = info.state
-                out.append(
-                    StreamInfo(
-                        spec.name,
-                        tuple(info.config.subjects or ()),
-                        state.messages,
-                        state.bytes,
-                        state.first_seq,
-                        state.last_seq,
-                        groups,
-                    )
-                )
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise _translate(exc, "describing streams") from exc
-        return out
+        return await nats_admin.describe(self)
 
     async def delete(self, stream: str, seq: int) -> None:
-        spec = stream_spec(stream)
-        try:
-            await self.js.delete_msg(spec.name, seq)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise _translate(exc, f"deleting {spec.name} seq {seq}") from exc
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(float(a or 0) - float(b or 0)) < 1e-3
-    return bool(a == b)
+        await nats_admin.delete(self, stream, seq)
