@@ -1,4 +1,8 @@
-"""The Bus on Kafka. With ``kafka_clients.py``, the only modules that import ``aiokafka``.
+"""The Bus on Kafka: connection, publish, consumer groups, checkpoints, DLQ deletion.
+
+Topics and offsets live in ``kafka_admin.py``, replay and follow in
+``kafka_readers.py``; with those two and ``kafka_clients.py``, the only
+modules that import ``aiokafka``.
 
 - One topic per catalog stream (``spine.market`` ... ``spine.dlq``;
   ``spine.config`` compacted). Record key ``<tenant>/<subject>`` so per-key
@@ -28,16 +32,15 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Self
 
 import aiokafka.errors as kerr
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
-from schemas import Event, SchemaError, decode, encode
+from schemas import Event, encode
 from streams.bus import (
     ApplyResult,
     CheckpointStore,
@@ -46,7 +49,6 @@ from streams.bus import (
     Record,
     StartAt,
     StreamInfo,
-    StreamLag,
     Undecodable,
 )
 from streams.catalog import (
@@ -54,25 +56,17 @@ from streams.catalog import (
     StreamSpec,
     kafka_key,
     nats_filter,
-    nats_subject,
     stream_for_type,
     stream_of_subject,
     stream_spec,
     streams_for_pattern,
-    subject_matches,
 )
-from streams.config import BusConfig, StreamSettings
-from streams.errors import (
-    BrokerUnavailable,
-    InvalidArgument,
-    PublishError,
-    StreamError,
-    StreamNotFound,
-)
+from streams.config import BusConfig
+from streams.errors import BrokerUnavailable, PublishError, StreamError, StreamNotFound
 from streams.naming import check_group, check_pattern, check_tenant
+from streams.transports.kafka_admin import KafkaTopics, topic_configs
 from streams.transports.kafka_checkpoints import CHECKPOINT_TOPIC, KafkaCheckpoints
 from streams.transports.kafka_clients import (
-    TOPIC_EXISTS,
     GroupConsumer,
     bootstrap_servers,
     start_client,
@@ -88,26 +82,17 @@ from streams.transports.kafka_ledger import (
     HEADER_TRACEPARENT,
     HEADER_TYPE,
     RecentIds,
-    fallback_subject,
-    header_map,
     position,
     split_position,
     split_subject,
-    subject_of_record,
 )
+from streams.transports.kafka_readers import KafkaReaders
+
+__all__ = ["KafkaBus", "bootstrap_servers", "topic_configs"]  # topic_configs lives in kafka_admin.py
 
 log = logging.getLogger("spine.streams.kafka")
 
 Headers = list[tuple[str, bytes]]
-
-
-def topic_configs(spec: StreamSpec, settings: StreamSettings) -> dict[str, str]:
-    """Kafka topic configs for a stream's settings (``max_bytes`` is shared by its partitions)."""
-    return {
-        "cleanup.policy": "compact" if spec.compacted else "delete",
-        "retention.ms": str(int(settings.max_age_s * 1000)) if settings.max_age_s > 0 else "-1",
-        "retention.bytes": str(max(1, settings.max_bytes // settings.partitions)) if settings.max_bytes > 0 else "-1",
-    }
 
 
 def _headers(event: Event) -> Headers:
@@ -128,15 +113,13 @@ class KafkaBus:
         self._admin: Any = None
         self._reader: Any = None
         self._recent = RecentIds(self.config.kafka.dedup_ids)
-        self._partitions: dict[str, list[int]] = {}
         self._txn_lock = asyncio.Lock()
-        self._reader_lock = asyncio.Lock()
         self._checkpoints: KafkaCheckpoints | None = None
         self._producer_partitions: dict[str, list[int]] = {}
         self._windows = {spec.name: self.config.stream(spec.name).duplicate_window_s for spec in CATALOG}
         self.members: set[Member] = set()  # closed with the bus
-        self._consumers: set[Any] = set()  # of replay and follow: closed with the bus too
-        self.topics = {spec.kafka_topic: spec for spec in CATALOG}
+        self._topics = KafkaTopics(self)
+        self._readers = KafkaReaders(self._topics, self.client_options())  # their consumers: closed with the bus too
 
     # -- lifecycle -----------------------------------------------------------------
     def client_options(self) -> dict[str, Any]:
@@ -177,7 +160,7 @@ class KafkaBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         try:
-            await self._ensure_topics()
+            await self._topics.ensure()
         except BaseException:
             await self._stop_clients()
             raise
@@ -194,10 +177,7 @@ class KafkaBus:
     async def aclose(self) -> None:
         for member in list(self.members):
             await member.close()
-        # A reader its caller left suspended (a cancelled task) would never stop its consumer.
-        for consumer in list(self._consumers):
-            await stop_client(consumer)
-        self._consumers.clear()
+        await self._readers.aclose()
         await self._stop_clients()
 
     async def _stop_clients(self) -> None:
@@ -224,139 +204,17 @@ class KafkaBus:
     def reader(self) -> Any:
         return self._need(self._reader)
 
-    # -- provisioning ----------------------------------------------------------------
-    def _new_topic(self, spec: StreamSpec) -> Any:
-        settings = self.config.stream(spec.name)
-        return NewTopic(
-            spec.kafka_topic, settings.partitions, settings.replicas, topic_configs=topic_configs(spec, settings)
-        )
-
-    async def _create_topics(self, specs: list[StreamSpec]) -> None:
-        try:
-            response = await self.admin.create_topics([self._new_topic(spec) for spec in specs])
-        except kerr.KafkaError as exc:
-            raise translate(exc, "creating topics") from exc
-        for topic, code, message, *_ in response.topic_errors:
-            if code not in (0, TOPIC_EXISTS):
-                raise StreamError(f"creating topic {topic}: {kerr.for_code(code).__name__}: {message}")
-
-    async def _ensure_topics(self) -> None:
-        """Create missing topics (never changes existing ones: that is ``provision``)."""
-        try:
-            existing = set(await self.admin.list_topics())
-        except kerr.KafkaError as exc:
-            raise translate(exc, "listing topics") from exc
-        missing = [spec for spec in CATALOG if spec.kafka_topic not in existing]
-        if missing:
-            await self._create_topics(missing)
-
-    async def _topic_config(self, topic: str) -> dict[str, str]:
-        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
-        (response,) = await self.admin.describe_configs([resource])
-        return {entry[0]: entry[1] for res in response.resources for entry in res[4]}
-
+    # -- provisioning, partitions, offsets (kafka_admin.py) ---------------------------
     async def provision(self) -> list[ApplyResult]:
-        results = []
-        try:
-            existing = set(await self.admin.list_topics())
-            for spec in CATALOG:
-                topic = spec.kafka_topic
-                if topic not in existing:
-                    await self._create_topics([spec])
-                    results.append(ApplyResult(spec.name, "created"))
-                    continue
-                settings = self.config.stream(spec.name)
-                (meta,) = await self.admin.describe_topics([topic])
-                partitions = len(meta["partitions"])
-                replicas = len(meta["partitions"][0]["replicas"]) if partitions else settings.replicas
-                if replicas != settings.replicas:
-                    raise StreamError(
-                        f"{topic} has replication factor {replicas}, the settings say {settings.replicas}",
-                        hint="Kafka changes replication by partition reassignment, which Spine leaves to you",
-                    )
-                if partitions > settings.partitions:
-                    raise InvalidArgument(
-                        f"{topic} has {partitions} partitions, the settings say {settings.partitions}",
-                        hint="Kafka cannot remove partitions: raise the setting or recreate the topic",
-                    )
-                wanted = topic_configs(spec, settings)
-                current = await self._topic_config(topic)
-                if partitions == settings.partitions and all(current.get(k) == v for k, v in wanted.items()):
-                    results.append(ApplyResult(spec.name, "unchanged"))
-                    continue
-                await self._update_topic(topic, wanted, current, partitions, settings.partitions)
-                self._partitions.pop(topic, None)
-                results.append(ApplyResult(spec.name, "updated"))
-        except kerr.KafkaError as exc:
-            raise translate(exc, "provisioning topics") from exc
-        return results
-
-    async def _update_topic(
-        self, topic: str, wanted: dict[str, str], current: dict[str, str], partitions: int, target: int
-    ) -> None:
-        try:
-            if any(current.get(k) != v for k, v in wanted.items()):
-                resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs=wanted)
-                for response in await self.admin.alter_configs([resource]):
-                    for code, message, *_ in response.resources:
-                        if code:
-                            raise StreamError(f"updating {topic}: {kerr.for_code(code).__name__}: {message}")
-            if partitions < target:
-                await self.admin.create_partitions({topic: NewPartitions(target)})
-        except kerr.IncompatibleBrokerVersion as exc:
-            raise StreamError(
-                f"cannot update {topic} to the settings: the broker does not support it ({exc})",
-                hint="this broker (e.g. the Tansu dev broker) cannot change topics: recreate them or keep the settings",
-            ) from exc
+        return await self._topics.provision()
 
     async def partitions(self, topics: Iterable[str]) -> list[Any]:
         """The ``TopicPartition``s of ``topics`` (cached; provisioning refreshes it)."""
-        topics = list(topics)
-        missing = [t for t in topics if t not in self._partitions]
-        if missing:
-            try:
-                described = await self.admin.describe_topics(missing)
-            except kerr.KafkaError as exc:
-                raise translate(exc, "describing topics") from exc
-            for meta in described:
-                if meta["error_code"] or not meta["partitions"]:
-                    raise StreamNotFound(f"topic {meta['topic']} does not exist", hint="run `spine streams apply`")
-                self._partitions[meta["topic"]] = sorted(p["partition"] for p in meta["partitions"])
-        return [TopicPartition(t, p) for t in topics for p in self._partitions[t]]
+        return await self._topics.partitions(topics)
 
     async def offsets(self, tps: list[Any], *, end: bool) -> dict[Any, int]:
         """First offsets, or end offsets (high watermarks), of ``tps``."""
-        try:
-            if not end:
-                return dict(await self.reader.beginning_offsets(tps))
-            listed = dict(await self.reader.end_offsets(tps))
-            return await self._high_watermarks(listed)
-        except kerr.KafkaError as exc:
-            raise translate(exc, "reading offsets") from exc
-
-    async def _high_watermarks(self, listed: dict[Any, int]) -> dict[Any, int]:
-        """The true end offsets: a fetch from the listed ends reports each high watermark.
-
-        Tansu 0.6 answers ListOffsets(latest) with the last batch's base offset + 1,
-        short of the end when that batch held several records. On Kafka both agree
-        and this costs one empty fetch.
-        """
-        if not listed:
-            return listed
-        reader = self.reader
-        async with self._reader_lock:
-            reader.assign(list(listed))
-            try:
-                for tp, offset in listed.items():
-                    reader.seek(tp, offset)
-                deadline = asyncio.get_running_loop().time() + self.config.publish_timeout_s
-                marks: dict[Any, int | None] = dict.fromkeys(listed)
-                while any(m is None for m in marks.values()) and asyncio.get_running_loop().time() < deadline:
-                    await reader.getmany(timeout_ms=20)  # the records are not wanted, only the marks
-                    marks = {tp: reader.highwater(tp) for tp in listed}
-            finally:
-                reader.unsubscribe()
-        return {tp: max(offset, marks[tp] or 0) for tp, offset in listed.items()}
+        return await self._topics.offsets(tps, end=end)
 
     # -- publish -------------------------------------------------------------------
     @property
@@ -528,8 +386,8 @@ class KafkaBus:
     def group_client(self, group: str) -> GroupConsumer:
         return GroupConsumer(self.client_options(), self.config, group)
 
-    # -- replay, lag, admin ----------------------------------------------------------
-    async def replay(
+    # -- replay, follow (kafka_readers.py), checkpoints, lag, admin --------------------
+    def replay(
         self,
         stream: str,
         *,
@@ -538,104 +396,9 @@ class KafkaBus:
         pattern: str = ">",
         tenant: str = "*",
     ) -> AsyncIterator[Record]:
-        spec = stream_spec(stream)
-        check_pattern(pattern)
-        check_tenant(tenant)
-        flt = nats_filter(pattern, tenant)
-        tps = await self.partitions([spec.kafka_topic])
-        first, last = await self.offsets(tps, end=False), await self.offsets(tps, end=True)
-        ranges = await self._ranges(tps, first, last, start, end)
-        start_ms = _ms(start) if isinstance(start, datetime) else None
-        end_ms = _ms(end) if isinstance(end, datetime) else None
-        if spec.name == "DLQ":
-            # Deletion markers come after the letters they delete: read to the end first.
-            kept = [r async for r in self._read(ranges, end_ms, start_ms, scan_to=last)]
-            deleted = {int(h[HEADER_DELETED]) for r in kept if HEADER_DELETED in (h := header_map(r.headers))}
-            records: AsyncIterator[Any] = _aiter(r for r in kept if position(r.partition, r.offset) not in deleted)
-        else:
-            records = self._read(ranges, end_ms, start_ms)
-        async for rec in records:
-            if rec.value is None or rec.offset >= ranges[(rec.topic, rec.partition)][1]:
-                continue
-            try:
-                event = decode(rec.value)
-            except SchemaError as exc:
-                log.warning(
-                    "replay %s: skipped undecodable record %d/%d: %s", spec.name, rec.partition, rec.offset, exc
-                )
-                continue
-            subject = nats_subject(event.tenant, event.type, event.subject)
-            if subject_matches(flt, subject):
-                yield Record(spec.name, position(rec.partition, rec.offset), subject, event, rec.partition)
+        return self._readers.replay(stream, start=start, end=end, pattern=pattern, tenant=tenant)
 
-    async def _ranges(
-        self,
-        tps: list[Any],
-        first: dict[Any, int],
-        last: dict[Any, int],
-        start: int | datetime | None,
-        end: int | datetime | None,
-    ) -> dict[tuple[str, int], tuple[int, int]]:
-        """Per partition, the offsets ``[lo, hi)`` to read."""
-        ranges = {(tp.topic, tp.partition): (first[tp], last[tp]) for tp in tps}
-        if isinstance(start, int):
-            if start < 1:
-                raise InvalidArgument(f"replay start position must be >= 1, got {start}")
-            p0, o0 = split_position(start)
-            for (topic, p), (lo, hi) in ranges.items():
-                ranges[topic, p] = (hi if p < p0 else max(lo, o0) if p == p0 else lo, hi)
-        elif isinstance(start, datetime):
-            try:
-                found = await self.reader.offsets_for_times({tp: _ms(start) for tp in tps})
-            except kerr.KafkaError as exc:
-                raise translate(exc, "looking up offsets by time") from exc
-            for tp in tps:
-                hit = found.get(tp)
-                lo, hi = ranges[tp.topic, tp.partition]
-                # No record at or after the time: Kafka answers None, Tansu (0, timestamp -1).
-                ranges[tp.topic, tp.partition] = (hit.offset if hit is not None and hit.timestamp >= 0 else hi, hi)
-        if isinstance(end, int):
-            p1, o1 = split_position(end)
-            for (topic, p), (lo, hi) in ranges.items():
-                ranges[topic, p] = (lo, lo if p > p1 else min(hi, o1 + 1) if p == p1 else hi)
-        return ranges
-
-    async def _read(
-        self,
-        ranges: dict[tuple[str, int], tuple[int, int]],
-        end_ms: int | None,
-        start_ms: int | None,
-        scan_to: dict[Any, int] | None = None,
-    ) -> AsyncIterator[Any]:
-        """Records of each partition's range, partition by partition, with a consumer of its own."""
-        consumer = AIOKafkaConsumer(**self.client_options(), enable_auto_commit=False, max_poll_records=1000)
-        self._consumers.add(consumer)
-        try:
-            await start_client(consumer)
-            for (topic, p), (lo, hi) in sorted(ranges.items()):
-                tp = TopicPartition(topic, p)
-                stop = scan_to[tp] if scan_to is not None else hi
-                if lo >= stop:
-                    continue
-                consumer.assign([tp])
-                consumer.seek(tp, lo)
-                idle = 0
-                while await consumer.position(tp) < stop and idle < 5:
-                    batch = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
-                    idle = 0 if batch else idle + 1
-                    for rec in batch:
-                        if rec.offset >= stop or (end_ms is not None and rec.timestamp > end_ms):
-                            idle = 5  # past the range: next partition
-                            break
-                        if start_ms is None or rec.timestamp >= start_ms:
-                            yield rec
-        except kerr.KafkaError as exc:
-            raise translate(exc, "reading records") from exc
-        finally:
-            self._consumers.discard(consumer)
-            await stop_client(consumer)
-
-    async def follow(
+    def follow(
         self,
         stream: str,
         *,
@@ -643,78 +406,17 @@ class KafkaBus:
         pattern: str = ">",
         tenant: str = "*",
     ) -> AsyncIterator[Record | Undecodable]:
-        spec = stream_spec(stream)
-        flt = nats_filter(check_pattern(pattern), check_tenant(tenant))
-        tps = await self.partitions([spec.kafka_topic])
-        first = await self.offsets(tps, end=False)
-        starts = {}
-        for tp in tps:
-            seen = (after or {}).get(tp.partition)
-            if seen is not None and split_position(seen)[0] != tp.partition:
-                raise InvalidArgument(f"follow {spec.name}: position {seen} is not in partition {tp.partition}")
-            starts[tp] = first[tp] if seen is None else max(first[tp], split_position(seen)[1] + 1)
-        consumer = AIOKafkaConsumer(**self.client_options(), enable_auto_commit=False, max_poll_records=1000)
-        self._consumers.add(consumer)
-        try:
-            await start_client(consumer)
-            consumer.assign(tps)
-            for tp, offset in starts.items():
-                consumer.seek(tp, offset)
-            while True:
-                for _, records in sorted((await consumer.getmany(timeout_ms=1000)).items()):
-                    for rec in records:
-                        item = self._follow_item(spec, flt, rec)
-                        if item is not None:
-                            yield item
-        except kerr.KafkaError as exc:
-            raise translate(exc, f"following {spec.name}") from exc
-        finally:
-            self._consumers.discard(consumer)
-            await stop_client(consumer)
-
-    def _follow_item(self, spec: StreamSpec, flt: str, rec: Any) -> Record | Undecodable | None:
-        headers = header_map(rec.headers)
-        if rec.value is None or HEADER_DELETED in headers:
-            return None
-        hinted = subject_of_record(rec.key, headers)
-        if hinted is not None and not subject_matches(flt, hinted):
-            return None
-        seq = position(rec.partition, rec.offset)
-        try:
-            event = decode(rec.value)
-        except SchemaError as exc:
-            subject = hinted or fallback_subject(rec.key, spec)
-            return Undecodable(spec.name, seq, subject, rec.value, str(exc), rec.partition)
-        subject = nats_subject(event.tenant, event.type, event.subject)
-        if subject != hinted and not subject_matches(flt, subject):
-            return None
-        return Record(spec.name, seq, subject, event, rec.partition)
+        return self._readers.follow(stream, after=after, pattern=pattern, tenant=tenant)
 
     async def checkpoints(self) -> CheckpointStore:
         if self._checkpoints is None:
-            topic = CHECKPOINT_TOPIC
-            if topic not in set(await self.admin.list_topics()):
-                configs = {"cleanup.policy": "compact", "retention.ms": "-1"}
-                try:
-                    response = await self.admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
-                except kerr.KafkaError as exc:
-                    raise translate(exc, f"creating topic {topic}") from exc
-                for name, code, message, *_ in response.topic_errors:
-                    if code not in (0, TOPIC_EXISTS):
-                        raise StreamError(f"creating topic {name}: {kerr.for_code(code).__name__}: {message}")
-            self._checkpoints = KafkaCheckpoints(self, topic)
+            await self._topics.ensure_compacted(CHECKPOINT_TOPIC)
+            self._checkpoints = KafkaCheckpoints(self, CHECKPOINT_TOPIC)
         return self._checkpoints
 
     async def read_partition(self, topic: str, partition: int, start: int) -> tuple[list[Any], int]:
         """Every record of one partition from ``start`` to its end now, and that end."""
-        tp = TopicPartition(topic, partition)
-        end = (await self.offsets([tp], end=True))[tp]
-        if start >= end:
-            return [], end
-        records: list[Any] = []
-        async for rec in self._read({(topic, partition): (start, end)}, None, None):
-            records.append(rec)
-        return records, end
+        return await self._readers.read_partition(topic, partition, start)
 
     async def send(self, topic: str, key: bytes, value: bytes | None) -> None:
         """Store one record (acks=all); for checkpoints."""
@@ -724,68 +426,12 @@ class KafkaBus:
         except kerr.KafkaError as exc:
             raise self._publish_error(exc, f"writing to {topic}") from exc
 
-    async def _group_offsets(self, group: str, tps: list[Any]) -> dict[Any, int]:
-        """Committed offsets of ``group`` (partitions without one left out)."""
-        try:
-            found = await self.admin.list_consumer_group_offsets(group, partitions=tps)
-        except kerr.KafkaError as exc:
-            raise translate(exc, f"reading the offsets of group {group}") from exc
-        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
-
     async def lag(self, group: str) -> GroupLag:
         """Per stream: end offsets minus the group's commits; in-flight is known to its members only."""
-        check_group(group)
-        tps = await self.partitions(self.topics)
-        committed = await self._group_offsets(group, tps)
-        if not committed:
-            raise StreamNotFound(f"no consumer group {group!r}", hint="groups appear once a member subscribes")
-        last = await self.offsets(list(committed), end=True)
-        in_flight: dict[str, int] = {}
-        for member in self.members:
-            if member.group == group:
-                for stream, n in member.in_flight().items():
-                    in_flight[stream] = in_flight.get(stream, 0) + n
-        lags: dict[str, StreamLag] = {}
-        for tp, offset in committed.items():
-            stream = self.topics[tp.topic].name
-            behind = max(0, last[tp] - offset) + (lags[stream].pending if stream in lags else 0)
-            lags[stream] = StreamLag(behind, 0)
-        return GroupLag(
-            group,
-            {
-                name: StreamLag(max(0, lag.pending - in_flight.get(name, 0)), in_flight.get(name, 0))
-                for name, lag in lags.items()
-            },
-        )
+        return await self._topics.lag(group, self.members)
 
     async def describe(self) -> list[StreamInfo]:
-        tps = await self.partitions(self.topics)
-        first, last = await self.offsets(tps, end=False), await self.offsets(tps, end=True)
-        try:
-            groups = [g[0] for g in await self.admin.list_consumer_groups()]
-        except kerr.KafkaError as exc:
-            raise translate(exc, "listing consumer groups") from exc
-        lag_by_topic: dict[str, dict[str, int]] = {topic: {} for topic in self.topics}
-        for group in sorted(groups):
-            for tp, offset in (await self._group_offsets(group, tps)).items():
-                per_group = lag_by_topic[tp.topic]
-                per_group[group] = per_group.get(group, 0) + max(0, last[tp] - offset)
-        infos = []
-        for topic, spec in self.topics.items():
-            parts = [tp for tp in tps if tp.topic == topic]
-            filled = [tp for tp in parts if last[tp] > first[tp]]
-            infos.append(
-                StreamInfo(
-                    spec.name,
-                    (topic,),
-                    sum(last[tp] - first[tp] for tp in parts),
-                    0,  # Kafka reports sizes per log dir only; not shown
-                    position(filled[0].partition, first[filled[0]]) if filled else 0,
-                    position(filled[-1].partition, last[filled[-1]] - 1) if filled else 0,
-                    lag_by_topic[topic],
-                )
-            )
-        return infos
+        return await self._topics.describe()
 
     async def delete(self, stream: str, seq: int) -> None:
         """Mark a dead letter deleted (Kafka cannot remove one record; see the module docstring)."""
@@ -848,12 +494,3 @@ class _Sent:
         self.partition = partition
         self.entries = entries
         self.future = future
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.astimezone(UTC).timestamp() * 1000)
-
-
-async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
