@@ -15,7 +15,7 @@ modules that import ``aiokafka``.
   it published itself within the stream's duplicate window. The idempotent
   producer and transactions are settings (``BusConfig.kafka``); nothing
   relies on them alone.
-- A consumer group is a Kafka consumer group (``_Member``, in
+- A consumer group is a Kafka consumer group (``Member``, in
   ``kafka_group.py``): commits are manual, up to the lowest unsettled record.
 - ``delete`` works on the DLQ only: Kafka cannot remove one record, so it
   appends a deletion marker that ``replay`` and subscribers honour; the bytes
@@ -473,13 +473,6 @@ class _Filling:
         self.partition = partition
         self.builder = builder
         self.entries: list[tuple[int, str]] = []  # (index in the call, event id)
-
-    @classmethod
-    def open(
-        cls, filling: dict[tuple[str, int], _Filling], stream: str, topic: str, partition: int, producer: Any
-    ) -> _Filling:
-        filling[topic, partition] = batch = cls(stream, topic, partition, producer.create_batch())
-        return batch
 
     async def send(self, producer: Any) -> _Sent:
         future = await producer.send_batch(self.builder, self.topic, partition=self.partition)
