@@ -114,6 +114,22 @@ def test_repeats_in_a_batch_across_batches_and_after_reopening_are_stored_once(t
         assert count(archive, "SELECT count(DISTINCT id) FROM events") == len(events)
 
 
+def test_batches_later_than_everything_stored_skip_the_check_and_earlier_ones_are_checked(writer: Archive) -> None:
+    calls = llm_calls([("openai", "gpt-4o", 0.01, 100.0, "ok")] * 30, "acme")  # one a minute
+    assert writer.write([(e, None, None) for e in calls[:10]]).total_inserted == 10
+    # Later than the newest stored call: inserted without the anti-join.
+    assert writer.write([(e, None, None) for e in calls[10:20]]).total_inserted == 10
+    # Reaching back into stored time (a redelivery among new events): checked, stored once.
+    mixed = writer.write([(e, None, None) for e in [calls[19], *calls[20:25]]])
+    assert mixed.total_inserted == 5 and mixed.duplicates == 1
+    # A repeat of the newest stored event on its own (same time as the newest row).
+    assert writer.write([(calls[24], None, None)]).total_inserted == 0
+    # Out of order: earlier than the newest stored, not stored yet.
+    assert writer.write([(e, None, None) for e in [*calls[25:], *calls[5:12]]]).total_inserted == 5
+    assert count(writer, "SELECT count(*) FROM llm_calls") == 30
+    assert count(writer, "SELECT count(DISTINCT id) FROM llm_calls") == 30
+
+
 def test_typed_views(writer: Archive) -> None:
     events = samples()
     writer.write([(e, None, None) for e in events])

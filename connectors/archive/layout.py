@@ -125,8 +125,10 @@ class TableSpec:
         cols += [f"{quote(c.name)} {c.sql_type}" for c in self.columns]
         return f"CREATE TABLE IF NOT EXISTS {self.qualified} ({', '.join(cols)})"
 
-    def insert_sql(self, batch: str) -> str:
+    def insert_sql(self, batch: str, *, check: bool = True) -> str:
         """Insert this table's rows of Arrow table ``batch`` not stored yet; params: ``dedup_params``.
+        Without ``check``, insert them all, no params: for rows the caller knows are new
+        (``store.Archive.write``: every row later than the newest stored one).
 
         The payload is parsed once per row into a struct that ``unnest`` spreads over
         the typed columns: DuckDB binds that in well under half the time of one
@@ -138,13 +140,15 @@ class TableSpec:
         if self.columns:
             select.append(f"unnest(from_json(b.data, '{struct}'))")
         mine = ", ".join("'" + t + "'" for t in self.types)
-        window = " WHERE time BETWEEN $1 AND $2" if self.dedup == "time" else ""
-        return (
+        sql = (
             f"INSERT INTO {self.qualified} ({', '.join(quote(n) for n in names)}) "
             f"SELECT {', '.join(select)} "
-            f"FROM (SELECT * FROM {batch} WHERE type IN ({mine})) AS b "
-            f"ANTI JOIN (SELECT id FROM {self.qualified}{window}) AS seen ON seen.id = b.id"
+            f"FROM (SELECT * FROM {batch} WHERE type IN ({mine})) AS b"
         )
+        if not check:
+            return sql
+        window = " WHERE time BETWEEN $1 AND $2" if self.dedup == "time" else ""
+        return f"{sql} ANTI JOIN (SELECT id FROM {self.qualified}{window}) AS seen ON seen.id = b.id"
 
     def dedup_params(self, lo: datetime, hi: datetime) -> list[datetime]:
         """The parameters of ``insert_sql``: the batch's event-time range, if the check uses it."""
