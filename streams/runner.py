@@ -54,6 +54,7 @@ from streams.bus import Bus, CheckpointStore, Record, Undecodable
 from streams.catalog import nats_filter, streams_for_pattern, subject_matches
 from streams.deadletters import dead_letter
 from streams.errors import InvalidArgument
+from streams.intake import Intake
 from streams.processing import (
     DEFAULT_PARTITIONS,
     DEFAULT_SEEN_IDS,
@@ -200,15 +201,17 @@ class Runner(Generic[S]):
     async def run(self, stop: asyncio.Event) -> RunnerHealth:
         store = await self.bus.checkpoints()
         self.parts = await load_partitions(store, self.processor, self.owned, self.config.partitions, self.config.group)
-        queue: asyncio.Queue[Record | Undecodable] = asyncio.Queue(maxsize=self.config.batch_max * 2)
+        intake: Intake[Record | Undecodable] = Intake(limit=self.config.batch_max * 2)
         readers = [
-            asyncio.create_task(self._read(stream, pattern, filters, queue))
+            asyncio.create_task(self._read(stream, pattern, filters, intake))
             for stream, (pattern, filters) in self._inputs.items()
         ]
+        for reader in readers:
+            reader.add_done_callback(intake.wake)  # a failed reader stops the runner at once
         flushing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
-                batch = await self._collect(queue, stop, readers)
+                batch = await self._collect(intake, stop, readers)
                 if flushing is not None and flushing.done():
                     flushing.result()  # a failed publish or checkpoint stops the runner now
                 if batch:
@@ -227,9 +230,7 @@ class Runner(Generic[S]):
             await asyncio.gather(*readers, return_exceptions=True)
         return self.health
 
-    async def _read(
-        self, stream: str, pattern: str, filters: list[str], queue: asyncio.Queue[Record | Undecodable]
-    ) -> None:
+    async def _read(self, stream: str, pattern: str, filters: list[str], intake: Intake[Record | Undecodable]) -> None:
         key_prefix = f"{stream}/"
         after: dict[int, int] = {}
         for part in self.parts.values():
@@ -251,39 +252,22 @@ class Runner(Generic[S]):
                 and not any(subject_matches(f, record.subject) for f in subjects)
             ):
                 continue
-            await queue.put(record)
+            await intake.put(record)
 
     async def _collect(
-        self, queue: asyncio.Queue[Record | Undecodable], stop: asyncio.Event, readers: list[asyncio.Task[None]]
+        self, intake: Intake[Record | Undecodable], stop: asyncio.Event, readers: list[asyncio.Task[None]]
     ) -> list[Record | Undecodable]:
-        batch: list[Record | Undecodable] = []
-        deadline = asyncio.get_running_loop().time() + self.config.batch_wait_s
-        while len(batch) < self.config.batch_max:
-            for task in readers:
-                if task.done() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            try:
-                batch.append(queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - asyncio.get_running_loop().time()
-            if batch and remaining <= 0:
-                break
+        """Up to ``batch_max`` records: whatever is there, lingering at most ``batch_wait_s``
+        for more once there is one (the latency of a lone event)."""
+        while not len(intake):
+            _raise_failed(readers)
             if stop.is_set():
-                break
-            try:
-                # Idle: wake now and then to notice a stop. With records in hand, linger
-                # only until batch_wait_s after the first one (latency of a lone event).
-                record = await asyncio.wait_for(queue.get(), timeout=remaining if batch else max(remaining, 0.05))
-                if not batch:
-                    deadline = asyncio.get_running_loop().time() + self.config.batch_wait_s
-                batch.append(record)
-            except TimeoutError:
-                if batch:
-                    break
-                deadline = asyncio.get_running_loop().time() + self.config.batch_wait_s
-        return batch
+                return []
+            await intake.wait(1, 0.05)  # idle: wake now and then to notice a stop
+        if len(intake) < self.config.batch_max and not stop.is_set():
+            await intake.wait(self.config.batch_max, self.config.batch_wait_s)
+        _raise_failed(readers)
+        return intake.take(self.config.batch_max)
 
     def _fold(self, batch: list[Record | Undecodable]) -> _Folded:
         """Step 2: fold the batch; its outputs and the checkpoints of the partitions it touched."""
@@ -352,6 +336,12 @@ class Runner(Generic[S]):
 
     def _undecodable(self, record: Undecodable) -> Event:
         return undecodable_letter(self.processor.name, record)
+
+
+def _raise_failed(readers: list[asyncio.Task[None]]) -> None:
+    for task in readers:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
