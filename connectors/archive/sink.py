@@ -40,6 +40,7 @@ from connectors.archive.store import Archive, WriteResult
 from streams.bus import Bus, Delivery
 from streams.config import BusConfig
 from streams.errors import StreamError
+from streams.intake import Intake
 
 log = logging.getLogger("spine.archive.sink")
 
@@ -108,7 +109,7 @@ async def run_sink(
     if batch_size < 1 or max_wait_s <= 0:
         raise ValueError("batch_size must be >= 1 and max_wait_s > 0")
     stats = SinkStats()
-    intake = _Intake(limit=batch_size)
+    intake = Intake[Delivery](limit=batch_size)
     server = QueryServer(archive) if serve else None
     if server is not None:
         await server.start()
@@ -148,64 +149,6 @@ async def run_sink(
     return stats
 
 
-_NOBODY = 1 << 62  # no batcher waiting: appending wakes no one
-
-
-class _Intake:
-    """What the pumps fetched, waiting to be batched.
-
-    The pumps append, and wake the batcher only when what it waits for is
-    there (the first delivery of a batch, or a full one): a wakeup per
-    delivery through ``asyncio.Queue`` and ``asyncio.wait`` cost the event
-    loop more than the archive write itself (benchmarks/archive.py, ``ingest``).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._items: list[Delivery] = []
-        self._limit = limit  # pumps wait while this many are held
-        self._want = _NOBODY
-        self._ready: asyncio.Future[None] | None = None
-        self._room: asyncio.Future[None] | None = None
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    async def put(self, delivery: Delivery) -> None:
-        while len(self._items) >= self._limit:
-            if self._room is None or self._room.done():
-                self._room = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._room)  # two pumps may wait on it; cancelling one must not wake the other
-        self._items.append(delivery)
-        if len(self._items) >= self._want:
-            self.wake()
-
-    def take(self, n: int) -> list[Delivery]:
-        batch = self._items[:n]
-        del self._items[:n]
-        if self._room is not None and not self._room.done():
-            self._room.set_result(None)
-        return batch
-
-    async def wait(self, want: int, at_most_s: float) -> None:
-        """Until ``want`` deliveries are held, ``at_most_s`` pass or ``wake`` is called."""
-        if len(self._items) >= want:
-            return
-        loop = asyncio.get_running_loop()
-        self._want = want
-        self._ready = ready = loop.create_future()
-        timer = loop.call_later(at_most_s, self.wake)
-        try:
-            await ready
-        finally:
-            timer.cancel()
-            self._ready = None
-            self._want = _NOBODY
-
-    def wake(self, *_: object) -> None:
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_result(None)
-
-
 class _Inflight:
     """A batch being written in a worker thread, then acked and counted as soon as it
     committed: the event loop keeps gathering the next batch meanwhile, and the acked
@@ -218,7 +161,7 @@ class _Inflight:
         stats: SinkStats,
         on_batch: OnBatch | None,
         server: QueryServer | None,
-        intake: _Intake,
+        intake: Intake[Delivery],
     ) -> None:
         self.task = asyncio.create_task(self._run(batch, archive, stats, on_batch, server))
         self.task.add_done_callback(intake.wake)  # a failure stops the batcher at once
@@ -253,7 +196,7 @@ class _Inflight:
                 await outcome
 
 
-async def _pump(bus: Bus, pattern: str, group: str, tenant: str, intake: _Intake) -> None:
+async def _pump(bus: Bus, pattern: str, group: str, tenant: str, intake: Intake[Delivery]) -> None:
     deliveries = bus.subscribe(pattern, group=group, tenant=tenant, start="all")
     try:
         async for delivery in deliveries:
@@ -265,7 +208,7 @@ async def _pump(bus: Bus, pattern: str, group: str, tenant: str, intake: _Intake
 
 
 async def _collect(
-    intake: _Intake,
+    intake: Intake[Delivery],
     batch_size: int,
     max_wait_s: float,
     stopped: asyncio.Task[bool],
