@@ -311,3 +311,14 @@ def test_a_reader_with_newer_code_than_the_file_reads_what_is_there(tmp_path: Pa
         assert "market_ticks" not in reader.counts()
         assert len(list(read_events(reader))) == sum(not t.startswith(("dlq.", "market.")) for t in SAMPLES)
         assert export_parquet(reader, tmp_path / "export")
+
+
+def test_served_queries_are_stopped_after_the_timeout_and_refused_beyond_the_row_limit(writer: Archive) -> None:
+    writer.write([(e, None, None) for e in samples()])
+    with pytest.raises(QueryError, match=r"longer than 0\.2 s"):
+        writer.read_only_query("SELECT count(*) FROM range(100000000000) a", timeout_s=0.2)
+    with pytest.raises(QueryError, match="more than 10 rows"):
+        writer.read_only_query("SELECT * FROM range(100)", max_rows=10)
+    assert writer.read_only_query("SELECT * FROM range(10)", timeout_s=5, max_rows=10).num_rows == 10
+    # The cursor and the writer are fine afterwards.
+    assert count(writer, "SELECT count(*) FROM llm_calls") == 1

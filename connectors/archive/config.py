@@ -28,6 +28,10 @@ class ArchiveConfig(BaseModel):
     )
     max_wait_s: float = Field(default=1.0, gt=0, description="Commit a partial batch after this long.")
     serve: bool = Field(default=True, description="The sink answers read-only queries while it holds the file.")
+    query_timeout_s: float = Field(default=60.0, gt=0, description="A query served by the sink is stopped after this.")
+    query_max_rows: int = Field(
+        default=1_000_000, ge=1, description="A query served by the sink may return at most this many rows."
+    )
     lock_timeout_s: float = Field(default=10.0, ge=0, description="How long to wait for a locked archive file.")
 
     def file(self, data_dir: Path) -> Path:

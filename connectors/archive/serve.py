@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -122,10 +123,13 @@ def _recv(sock: socket.socket, size: int) -> bytes:
 
 
 class QueryServer:
-    """Serves read-only queries on ``archive`` (a writer) until ``close``."""
+    """Serves read-only queries on ``archive`` (a writer) until ``close``, each stopped after
+    ``timeout_s`` and refused beyond ``max_rows`` (``Archive.read_only_query``)."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, *, timeout_s: float | None = 60.0, max_rows: int | None = 1_000_000) -> None:
         self.archive = archive
+        self.timeout_s = timeout_s
+        self.max_rows = max_rows
         self.token = secrets.token_hex(16)
         self.port = 0
         self.queries = 0
@@ -166,7 +170,15 @@ class QueryServer:
                 return
             params = [_decode_param(p) for p in request.get("params") or []]
             try:
-                table = await asyncio.to_thread(self.archive.read_only_query, str(request.get("sql", "")), params)
+                table = await asyncio.to_thread(
+                    functools.partial(
+                        self.archive.read_only_query,
+                        str(request.get("sql", "")),
+                        params,
+                        timeout_s=self.timeout_s,
+                        max_rows=self.max_rows,
+                    )
+                )
             except ArchiveError as exc:
                 kind = "query" if isinstance(exc, QueryError) else "archive"
                 self._error(writer, kind, exc.message, exc.hint)

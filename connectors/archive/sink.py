@@ -100,17 +100,20 @@ async def run_sink(
     group: str = "archive",
     tenant: str = "*",
     serve: bool = True,
+    query_timeout_s: float | None = 60.0,
+    query_max_rows: int | None = 1_000_000,
 ) -> SinkStats:
     """Archive every stream until ``stop`` is set; see the module docstring for the protocol.
 
     ``serve`` answers read-only queries from other processes while this one
-    holds the file (``store`` explains why). Returns the final totals.
+    holds the file (``store`` explains why), each stopped after ``query_timeout_s`` and
+    refused beyond ``query_max_rows``. Returns the final totals.
     """
     if batch_size < 1 or max_wait_s <= 0:
         raise ValueError("batch_size must be >= 1 and max_wait_s > 0")
     stats = SinkStats()
     intake = Intake[Delivery](limit=batch_size)
-    server = QueryServer(archive) if serve else None
+    server = QueryServer(archive, timeout_s=query_timeout_s, max_rows=query_max_rows) if serve else None
     if server is not None:
         await server.start()
     pumps = [

@@ -270,9 +270,22 @@ class Archive:
         except duckdb.Error as exc:
             raise _query_error(exc, query) from exc
 
-    def read_only_query(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
-        """``sql`` for the query server: only SELECT/EXPLAIN, on a fresh cursor."""
+    def read_only_query(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        max_rows: int | None = None,
+    ) -> pa.Table:
+        """``sql`` for the query server: only SELECT/EXPLAIN, on a fresh cursor.
+
+        ``timeout_s`` interrupts a query that runs longer; ``max_rows`` refuses a result
+        bigger than that (read batch by batch, so a huge one is never held whole): the
+        server runs inside the sink's process, whose memory and CPU must stay its own.
+        """
         con = self._cursor()
+        timer = threading.Timer(timeout_s, con.interrupt) if timeout_s is not None else None
         try:
             try:
                 statements = con.extract_statements(query)
@@ -283,11 +296,30 @@ class Archive:
                     "the archive is served read-only: one SELECT (or EXPLAIN) statement per query",
                     hint="write through the sink; stop it to run other statements on the file",
                 )
+            if timer is not None:
+                timer.start()
             try:
-                return con.sql(query, params=list(params or [])).to_arrow_table()
+                reader = con.sql(query, params=list(params or [])).to_arrow_reader(65_536)
+                batches, rows = [], 0
+                for batch in reader:
+                    rows += batch.num_rows
+                    if max_rows is not None and rows > max_rows:
+                        raise QueryError(
+                            f"the result has more than {max_rows:,} rows, the query server's limit",
+                            hint="aggregate or add LIMIT; `spine archive export` writes everything to Parquet",
+                        )
+                    batches.append(batch)
+                return pa.Table.from_batches(batches, schema=reader.schema)
+            except duckdb.InterruptException:
+                raise QueryError(
+                    f"the query ran longer than {timeout_s:g} s, the query server's limit, and was stopped",
+                    hint="narrow it (a time range, fewer columns) or raise SPINE_ARCHIVE__QUERY_TIMEOUT_S",
+                ) from None
             except duckdb.Error as exc:
                 raise _query_error(exc, query) from exc
         finally:
+            if timer is not None:
+                timer.cancel()
             con.close()
 
     def tables(self) -> list[str]:

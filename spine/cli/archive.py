@@ -145,6 +145,8 @@ async def _sink(
                 group=cfg.archive.group,
                 tenant=tenant,
                 serve=cfg.archive.serve,
+                query_timeout_s=cfg.archive.query_timeout_s,
+                query_max_rows=cfg.archive.query_max_rows,
             )
     finally:
         idle.cancel()
