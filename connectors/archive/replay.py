@@ -203,21 +203,21 @@ def _gc_frozen(items: Iterable[T], every: int = 65_536) -> Iterator[T]:
     processor give ~200k), and each full collection walks all of them again:
     measured, that was 35-40% of a 1M-event replay. ``gc.freeze()`` every
     ``every`` items moves what exists into the permanent generation, so
-    collections only walk what is new; ``gc.unfreeze()`` hands it all back at
-    the end. Nothing leaks: frozen objects are still freed by reference
-    counting. Skipped if the program froze objects of its own (unfreezing
-    would release those too).
+    collections only walk what is new. Frozen objects are still freed by
+    reference counting. At the end ``gc.unfreeze()`` hands everything back,
+    unless the program had frozen objects of its own before (``spine run``
+    does, ``spine.gcpolicy``): unfreezing would undo that, so the replay's
+    objects stay frozen too, and only reference cycles among them would wait.
     """
-    if gc.get_freeze_count():
-        yield from items
-        return
+    ours = gc.get_freeze_count() == 0
     try:
         for i, item in enumerate(items):
             if i % every == 0:
                 gc.freeze()
             yield item
     finally:
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
 
 
 class ArchivedCause:
