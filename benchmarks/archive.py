@@ -64,6 +64,7 @@ from typing import Any, cast
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+from _measure import rss_mb
 
 import streams
 from connectors.archive import Archive, ArchiveConfig, replay_run, run_report, run_sink, sink_bus_config
@@ -115,16 +116,6 @@ PLANS = {
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def rss_mb() -> dict[str, float]:
-    out = {}
-    with open("/proc/self/status") as status:
-        for entry in status:
-            key, _, value = entry.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out["rss_mb" if key == "VmRSS" else "peak_mb"] = round(int(value.split()[0]) / 1024, 1)
-    return out
 
 
 def calibration_ns() -> float:

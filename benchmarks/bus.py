@@ -49,6 +49,7 @@ from typing import Any, cast
 import nats
 import nats.errors
 import orjson
+from _measure import rss_mb
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
@@ -84,17 +85,6 @@ PLANS = {
 
 
 # -- measurement helpers ------------------------------------------------------------
-
-
-def rss_mb() -> dict[str, float]:
-    """Current (VmRSS) and peak (VmHWM) resident set size of this process, in MB."""
-    out = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out["rss_mb" if key == "VmRSS" else "peak_mb"] = round(int(value.split()[0]) / 1024, 1)
-    return out
 
 
 def events_for(tenant: str, n: int) -> list[Event]:

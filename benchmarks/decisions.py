@@ -55,6 +55,7 @@ from typing import Any
 
 import nats
 import orjson
+from _measure import rss_mb
 from nats.js import api
 
 import streams
@@ -110,14 +111,6 @@ STREAM_OF = {"routing": "LLM", "alerting": "MARKET", "scaling": "MARKET"}
 TYPE_OF = {"LLM": "llm.call", "MARKET": "market.tick"}
 
 
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
 def line(
     bench: str,
     metric: str,
@@ -137,7 +130,7 @@ def line(
         "baseline": round(baseline, 2),
         "ratio": round(spine / baseline, 3) if baseline else None,
         "target_ratio": target,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": rss_mb()["peak_mb"],
         **extra,
     }
     return json.dumps(doc)

@@ -50,8 +50,11 @@ import orjson
 from nats.js import api
 
 # Run as a script, this file's folder comes first on sys.path, and this file would shadow the
-# `processors` package: drop the folder before importing Spine.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# `processors` package: move the folder last before importing Spine.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
+from _measure import rss_mb
 
 import streams
 from processors.cost import Budget, CostConfig, CostProcessor, ModelPrice, PriceTable
@@ -98,16 +101,6 @@ PLANS = {
 def processor() -> CostProcessor:
     budgets = (Budget(name="daily", scope="tenant", soft_usd=50.0, hard_usd=100.0),)
     return CostProcessor(CostConfig(prices=PRICES, budgets=budgets, update_step_usd=1.0))
-
-
-def rss_mb() -> dict[str, float]:
-    out = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out["rss_mb" if key == "VmRSS" else "peak_mb"] = round(int(value.split()[0]) / 1024, 1)
-    return out
 
 
 def templates(tenant: str) -> list[tuple[str, bytes, str]]:
