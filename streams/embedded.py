@@ -52,7 +52,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -198,7 +198,7 @@ def load_state_file(path: Path, factory: Callable[..., T], pid_of: Callable[[T],
         state = factory(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    if not _pid_alive(pid_of(state)):
+    if not pid_alive(pid_of(state)):
         with contextlib.suppress(OSError):
             path.unlink()
         return None
@@ -209,9 +209,9 @@ def terminate_recorded(path: Path, pid: int, timeout: float = 10.0) -> None:
     """Stop a detached broker by pid (SIGTERM, then SIGKILL) and remove its state file."""
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(OSError):
         path.unlink()

@@ -30,6 +30,7 @@ import orjson
 import pyarrow as pa
 
 from connectors.archive.errors import ArchiveError, QueryError
+from streams.embedded import pid_alive
 
 if TYPE_CHECKING:
     from connectors.archive.store import Archive
@@ -61,17 +62,7 @@ def read_state(path: Path) -> ServeState | None:
         state = ServeState(int(doc["pid"]), str(doc["host"]), int(doc["port"]), str(doc["token"]))
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    return state if _alive(state.pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return state if pid_alive(state.pid) else None
 
 
 def ping(state: ServeState, timeout: float = 2.0) -> bool:
