@@ -218,7 +218,7 @@ class Runner(Generic[S]):
                     folded = self._fold(batch)
                     if flushing is not None:
                         await flushing  # batch N is published and checkpointed before N+1
-                    flushing = asyncio.create_task(self._flush(batch, folded, store))
+                    flushing = asyncio.create_task(self._flush(folded, store))
             if flushing is not None:
                 await flushing  # graceful stop: the last batch is published and checkpointed
         finally:
@@ -274,8 +274,10 @@ class Runner(Generic[S]):
         self.fault("read")
         outputs: list[Event] = []
         touched: set[int] = set()
+        read: dict[str, int] = {}  # position key -> the batch's last seq (follow yields in order)
         for record in batch:
             position_key = f"{record.stream}/{record.partition}"
+            read[position_key] = record.seq
             if isinstance(record, Undecodable):
                 if self.config.replica == 0:
                     outputs.append(self._undecodable(record))
@@ -308,15 +310,16 @@ class Runner(Generic[S]):
             for p in sorted(touched)
         ]
         self.fault("folded")
-        return _Folded(outputs, checkpoints)
+        return _Folded(outputs, checkpoints, read)
 
-    async def _flush(self, batch: list[Record | Undecodable], folded: _Folded, store: CheckpointStore) -> None:
+    async def _flush(self, folded: _Folded, store: CheckpointStore) -> None:
         outputs = folded.outputs
         # Step 3: publish, acked by the broker.
         if outputs:
             await self.bus.publish_many(outputs)
-        self.health.emitted += sum(1 for e in outputs if not e.type.startswith("dlq."))
-        self.health.dead_lettered += sum(1 for e in outputs if e.type.startswith("dlq."))
+        letters = sum(1 for e in outputs if e.type.startswith("dlq."))
+        self.health.emitted += len(outputs) - letters
+        self.health.dead_lettered += letters
         self.fault("published")
         # Step 4: checkpoint each touched partition (state + positions together).
         for i, (key, value) in enumerate(folded.checkpoints):
@@ -327,9 +330,8 @@ class Runner(Generic[S]):
         self.health.batches += 1
         if folded.checkpoints:
             self.health.last_checkpoint = time.time()
-        for record in batch:
-            key = f"{record.stream}/{record.partition}"
-            self.health.positions[key] = max(self.health.positions.get(key, 0), record.seq)
+        for key, seq in folded.read.items():
+            self.health.positions[key] = max(self.health.positions.get(key, 0), seq)
 
     def _rejected(self, record: Record, event: Event, reason: str, index: int, kind: str = "rejected") -> Event:
         return rejection_letter(self.processor.name, record, event, reason, index, kind)
@@ -346,10 +348,11 @@ def _raise_failed(readers: list[asyncio.Task[None]]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Folded:
-    """A folded batch waiting for steps 3 and 4: its outputs and encoded checkpoints."""
+    """A folded batch waiting for steps 3 and 4: its outputs, encoded checkpoints and read positions."""
 
     outputs: list[Event]
     checkpoints: list[tuple[str, bytes]]
+    read: dict[str, int]
 
 
 def rejection_letter(
