@@ -245,7 +245,7 @@ class CostProcessor:
         if self.config.budgets:
             keyed = dict(keys)
             self._add_running(state, tenant, keyed, buckets, cost)
-            outputs.extend(self._budgets(state, tenant, keyed, day, version))
+            outputs.extend(self._budgets(state, tenant, keyed, day))
         watermark.observe(ts)
         wm = watermark.value
         if wm is not None and wm >= state.next_close.get(tenant, math.inf):
@@ -306,9 +306,7 @@ class CostProcessor:
         )
         return Emit("decision.alert", alert, alert.dedup_key)
 
-    def _budgets(
-        self, state: CostState, tenant: str, keys: dict[Dimension, str | None], day: date, version: str
-    ) -> list[Emit]:
+    def _budgets(self, state: CostState, tenant: str, keys: dict[Dimension, str | None], day: date) -> list[Emit]:
         out: list[Emit] = []
         for budget in self.config.budgets:
             key = keys[budget.scope]
