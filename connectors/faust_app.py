@@ -81,7 +81,7 @@ from streams.catalog import (
     subject_matches,
 )
 from streams.errors import InvalidArgument
-from streams.processing import DEFAULT_PARTITIONS, DEFAULT_SEEN_IDS, Partition, Processor, fold, partition_key
+from streams.processing import DEFAULT_PARTITIONS, DEFAULT_SEEN_IDS, Partition, Processor, fold, key_function
 from streams.processing import partition_of as state_partition
 from streams.runner import (
     RunnerHealth,
@@ -197,6 +197,7 @@ class FaustHost(Generic[S]):
 
     def __init__(self, processor: Processor[S], settings: FaustSettings | None = None) -> None:
         self.processor = processor
+        self._key_of = key_function(processor)
         self.settings = settings or FaustSettings()
         self.app_id = self.settings.app_id or f"spine-{processor.name}"
         self.health = RunnerHealth(processor.name, 0)
@@ -338,7 +339,7 @@ class FaustHost(Generic[S]):
             event = decode(value)
         except SchemaError:
             return _UNDECODABLE_KEY
-        p = state_partition(partition_key(self.processor, event), self.settings.partitions)
+        p = state_partition(self._key_of(event), self.settings.partitions)
         return checkpoint_key(self.processor.name, p).encode()
 
     def _partition(self, p: int) -> Partition[S]:
@@ -378,7 +379,7 @@ class FaustHost(Generic[S]):
                 continue
             if not any(subject_matches(p, f"{event.type}.{escape_token(event.subject)}") for p in self._patterns):
                 continue
-            p = state_partition(partition_key(self.processor, event), self.settings.partitions)
+            p = state_partition(self._key_of(event), self.settings.partitions)
             part = self._partition(p)
             if part.positions.get(position_key, 0) >= seq:
                 continue  # already reflected in the checkpointed state

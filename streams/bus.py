@@ -8,12 +8,15 @@ token, ``>`` the rest); the tenant is a separate argument.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, Self, runtime_checkable
 
-from schemas import Event
+from schemas import Event, SchemaError, decode
+
+if TYPE_CHECKING:
+    from streams.rows import Row, RowDecoder
 
 StartAt = Literal["new", "all"]
 
@@ -40,6 +43,27 @@ class Record:
     subject: str
     event: Event
     partition: int = 0
+
+    @property
+    def time(self) -> datetime:
+        return self.event.time
+
+
+@dataclass(frozen=True, slots=True)
+class RowRecord:
+    """A stored event ``follow`` decoded for a row processor (``rows=``): the envelope a
+    decision needs and the fields it reads (``streams.rows``), with the message's bytes."""
+
+    stream: str
+    seq: int
+    subject: str
+    row: Row
+    raw: bytes
+    partition: int = 0
+
+    @property
+    def time(self) -> datetime:
+        return self.row.time
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +202,19 @@ class Bus(Protocol):
         after: Mapping[int, int] | None = None,
         pattern: str = ">",
         tenant: str = "*",
-    ) -> AsyncIterator[Record | Undecodable]:
+        rows: RowDecoder | None = None,
+        caught_up: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Record | RowRecord | Undecodable]:
         """Every stored message after the positions ``after`` (partition -> last seq
         seen; missing partitions start at the beginning), in order per partition,
-        then new ones as they come.
+        then new ones as they come. A stream of several partitions (Kafka) comes
+        merged into event-time order across them.
+
+        With ``rows``, the events it can decode come as ``RowRecord``s
+        (``streams.rows``: the runner of a row processor); the others as usual.
+        ``caught_up`` is called whenever the reader has yielded everything the
+        stream held when it last looked, before it waits for more (the runner
+        merges several streams by event time with it).
 
         No group and no acks: the reader keeps its own position (the processor
         runner checkpoints it with its state). Never ends by itself.
@@ -203,3 +236,29 @@ class Bus(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc: object) -> None: ...
+
+
+Followed = Record | RowRecord | Undecodable  # what ``Bus.follow`` yields
+
+
+def decoded(
+    stream: str, seq: int, subject: str, raw: bytes, rows: RowDecoder | None, partition: int = 0
+) -> Record | RowRecord:
+    """A stored message as a ``RowRecord`` when ``rows`` can take it, else as a ``Record``;
+    ``SchemaError`` (the full schema's reason) when it is not a valid event."""
+    if rows is not None:
+        try:
+            return RowRecord(stream, seq, subject, rows.decode(raw), raw, partition)
+        except SchemaError:
+            pass  # the full decode decides, and says why
+    return Record(stream, seq, subject, decode(raw), partition)
+
+
+def follow_item(
+    stream: str, seq: int, subject: str, raw: bytes, rows: RowDecoder | None, partition: int = 0
+) -> Followed:
+    """What ``follow`` yields for one stored message (see ``Bus.follow``)."""
+    try:
+        return decoded(stream, seq, subject, raw, rows, partition)
+    except SchemaError as exc:
+        return Undecodable(stream, seq, subject, raw, str(exc), partition)

@@ -38,6 +38,11 @@ CATALOG: tuple[StreamSpec, ...] = (
 )
 
 STREAMS: dict[str, StreamSpec] = {spec.name: spec for spec in CATALOG}
+
+# Event-time order across streams (replays, the runner's merge): equal times go
+# by stream in this order (reference data before inputs before decisions), then
+# by position.
+STREAM_ORDER = ("CONFIG", "MARKET", "SESSIONS", "LLM", "DECISIONS", "DLQ")
 _BY_FAMILY: dict[str, StreamSpec] = {family: spec for spec in CATALOG for family in spec.families}
 
 StreamName = Literal["MARKET", "SESSIONS", "LLM", "CONFIG", "DECISIONS", "DLQ"]

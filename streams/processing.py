@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -189,9 +189,21 @@ DEFAULT_PARTITIONS = 8
 DEFAULT_SEEN_IDS = 4096
 
 
-def partition_key(processor: Processor[Any], event: Event | Cause) -> str:
+def key_function(processor: Processor[Any]) -> Callable[[Event | Cause], str]:
+    """How ``processor`` keys its inputs: its ``partition_key``, else the tenant."""
     keyer = getattr(processor, "partition_key", None)
-    return str(keyer(event)) if keyer is not None else event.tenant
+    if keyer is None:
+        return _tenant_of
+    return lambda event: str(keyer(event))
+
+
+def _tenant_of(event: Event | Cause) -> str:
+    return event.tenant
+
+
+def partition_key(processor: Processor[Any], event: Event | Cause) -> str:
+    """One event's key (loops take ``key_function`` once instead)."""
+    return key_function(processor)(event)
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -255,7 +267,7 @@ def fold(
 ) -> tuple[list[Event], list[Reject]]:
     """Fold one event into its partition: the decision events and the rejections."""
     if not part.remember(event.id, seen_limit):
-        return [], []
+        return _NOTHING
     return _outcome(processor, part, event, processor.handle(part.state, event))
 
 
@@ -269,8 +281,11 @@ def fold_row(
 ) -> tuple[list[Event], list[Reject]]:
     """``fold`` for an archived row: the same dedup, count and decisions as its event's."""
     if not part.remember(cause.id, seen_limit):
-        return [], []
+        return _NOTHING
     return _outcome(processor, part, cause, processor.handle_row(part.state, cause, ts, values))
+
+
+_NOTHING: tuple[list[Event], list[Reject]] = ([], [])  # shared, never mutated: most inputs decide nothing
 
 
 def _outcome(
@@ -278,7 +293,7 @@ def _outcome(
 ) -> tuple[list[Event], list[Reject]]:
     part.handled += 1
     if not outputs:
-        return [], []
+        return _NOTHING
     decisions = materialize(processor.name, cause, outputs)
     return decisions, [o for o in outputs if isinstance(o, Reject)]
 
@@ -292,8 +307,9 @@ def run_partitioned(
     parts: dict[int, Partition[S]] = {}
     by_key: dict[str, Partition[S]] = {}
     run: PureRun[None] = PureRun(None)
+    key_of = key_function(processor)
     for event in events:
-        key = partition_key(processor, event)
+        key = key_of(event)
         part = by_key.get(key) or _partition(processor, parts, by_key, key, partitions)
         decisions, rejects = fold(processor, part, event)
         run.handled += 1
@@ -312,8 +328,9 @@ def run_partitioned_rows(
     parts: dict[int, Partition[S]] = {}
     by_key: dict[str, Partition[S]] = {}
     run: PureRun[None] = PureRun(None)
+    key_of = key_function(processor)
     for cause, ts, values in rows:
-        key = partition_key(processor, cause)
+        key = key_of(cause)
         part = by_key.get(key) or _partition(processor, parts, by_key, key, partitions)
         decisions, rejects = fold_row(processor, part, cause, ts, values)
         run.handled += 1

@@ -10,6 +10,8 @@ Commit protocol, one batch at a time:
 1. **Read.** Follow each input stream in order from the lowest position any
    owned partition has checkpointed (``Bus.follow``: no group, no acks; the
    positions are ours). Collect up to ``batch_max`` records or ``batch_wait_s``.
+   Several input streams are merged into event-time order
+   (``streams.ordering``); records held back for it are not folded yet.
 2. **Fold.** For each record: skip it if its partition is not ours, or if the
    partition's position for that stream is already at or past it (it is
    reflected in the state). Otherwise fold it (``processors.runtime.fold``)
@@ -50,21 +52,24 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from schemas import Event, derived_id, encode
-from streams.bus import Bus, CheckpointStore, Record, Undecodable
+from streams.bus import Bus, CheckpointStore, Followed, Record, RowRecord, Undecodable
 from streams.catalog import nats_filter, streams_for_pattern, subject_matches
 from streams.deadletters import dead_letter
 from streams.errors import InvalidArgument
 from streams.intake import Intake
+from streams.ordering import StreamMerge
 from streams.processing import (
     DEFAULT_PARTITIONS,
     DEFAULT_SEEN_IDS,
     Partition,
     Processor,
     fold,
+    fold_row,
+    key_function,
     owned_partitions,
-    partition_key,
     partition_of,
 )
+from streams.rows import Row, row_decoder
 
 S = TypeVar("S")
 log = logging.getLogger("spine.streams.runner")
@@ -79,7 +84,7 @@ class RunnerConfig:
     partitions: int = DEFAULT_PARTITIONS
     replicas: int = 1
     replica: int = 0
-    batch_max: int = 1000
+    batch_max: int = 5000
     batch_wait_s: float = 0.01
     seen_ids: int = DEFAULT_SEEN_IDS
     tenant: str = "*"
@@ -189,6 +194,11 @@ class Runner(Generic[S]):
         self.owned = owned_partitions(self.config.replica, self.config.replicas, self.config.partitions)
         self.parts: dict[int, Partition[S]] = {}
         self._inputs = self._plan_inputs()
+        self._rows = row_decoder(processor)  # cheap decoding inside (streams.rows)
+        self._merge: StreamMerge | None = None  # several input streams: merged by event time
+        self._position_keys: dict[tuple[str, int], str] = {}
+        self._partition_for: dict[str, int] = {}  # partition key -> state partition
+        self._key_of = key_function(processor)
 
     def _plan_inputs(self) -> dict[str, tuple[str, list[str]]]:
         """stream -> (broker-side pattern, client-side patterns) for the processor's inputs."""
@@ -201,7 +211,8 @@ class Runner(Generic[S]):
     async def run(self, stop: asyncio.Event) -> RunnerHealth:
         store = await self.bus.checkpoints()
         self.parts = await load_partitions(store, self.processor, self.owned, self.config.partitions, self.config.group)
-        intake: Intake[Record | Undecodable] = Intake(limit=self.config.batch_max * 2)
+        intake: Intake[Followed] = Intake(limit=self.config.batch_max * 2)
+        self._merge = StreamMerge(self._inputs) if len(self._inputs) > 1 else None
         readers = [
             asyncio.create_task(self._read(stream, pattern, filters, intake))
             for stream, (pattern, filters) in self._inputs.items()
@@ -212,6 +223,8 @@ class Runner(Generic[S]):
         try:
             while not stop.is_set():
                 batch = await self._collect(intake, stop, readers)
+                if self._merge is not None:
+                    batch = self._merge.release(batch, time.monotonic())
                 if flushing is not None and flushing.done():
                     flushing.result()  # a failed publish or checkpoint stops the runner now
                 if batch:
@@ -230,7 +243,7 @@ class Runner(Generic[S]):
             await asyncio.gather(*readers, return_exceptions=True)
         return self.health
 
-    async def _read(self, stream: str, pattern: str, filters: list[str], intake: Intake[Record | Undecodable]) -> None:
+    async def _read(self, stream: str, pattern: str, filters: list[str], intake: Intake[Followed]) -> None:
         key_prefix = f"{stream}/"
         after: dict[int, int] = {}
         for part in self.parts.values():
@@ -240,23 +253,32 @@ class Runner(Generic[S]):
                     after[tp] = min(after.get(tp, seq), seq)
         if len(self.parts) != sum(1 for p in self.parts.values() if any(k.startswith(key_prefix) for k in p.positions)):
             after = {}  # a partition has no position on this stream yet: read it from the start
-        records: AsyncIterator[Record | Undecodable] = self.bus.follow(
-            stream, after=after, pattern=pattern, tenant=self.config.tenant
+        merge = self._merge
+
+        def caught_up() -> None:
+            if merge is not None:
+                merge.caught_up(stream)
+                intake.wake()
+
+        records: AsyncIterator[Followed] = self.bus.follow(
+            stream, after=after, pattern=pattern, tenant=self.config.tenant, rows=self._rows, caught_up=caught_up
         )
         # One broker-side filter covers the stream; several patterns are matched here.
         subjects = [nats_filter(f, self.config.tenant) for f in filters] if len(filters) > 1 else []
         async for record in records:
             if (
                 subjects
-                and isinstance(record, Record)
+                and not isinstance(record, Undecodable)
                 and not any(subject_matches(f, record.subject) for f in subjects)
             ):
                 continue
+            if merge is not None:
+                merge.yielded(stream)
             await intake.put(record)
 
     async def _collect(
-        self, intake: Intake[Record | Undecodable], stop: asyncio.Event, readers: list[asyncio.Task[None]]
-    ) -> list[Record | Undecodable]:
+        self, intake: Intake[Followed], stop: asyncio.Event, readers: list[asyncio.Task[None]]
+    ) -> list[Followed]:
         """Up to ``batch_max`` records: whatever is there, lingering at most ``batch_wait_s``
         for more once there is one (the latency of a lone event)."""
         while not len(intake):
@@ -264,31 +286,54 @@ class Runner(Generic[S]):
             if stop.is_set():
                 return []
             await intake.wait(1, 0.05)  # idle: wake now and then to notice a stop
+            if self._merge is not None and self._merge.held and not len(intake):
+                return []  # a stream caught up, or time passed: the merge may release what it holds
         if len(intake) < self.config.batch_max and not stop.is_set():
             await intake.wait(self.config.batch_max, self.config.batch_wait_s)
         _raise_failed(readers)
         return intake.take(self.config.batch_max)
 
-    def _fold(self, batch: list[Record | Undecodable]) -> _Folded:
+    def _fold(self, batch: list[Followed]) -> _Folded:
         """Step 2: fold the batch; its outputs and the checkpoints of the partitions it touched."""
         self.fault("read")
         outputs: list[Event] = []
         touched: set[int] = set()
         read: dict[str, int] = {}  # position key -> the batch's last seq (follow yields in order)
+        position_keys = self._position_keys
+        partition_for = self._partition_for
+        key_of = self._key_of
         for record in batch:
-            position_key = f"{record.stream}/{record.partition}"
+            position_key = position_keys.get((record.stream, record.partition))
+            if position_key is None:
+                position_key = position_keys[(record.stream, record.partition)] = f"{record.stream}/{record.partition}"
             read[position_key] = record.seq
             if isinstance(record, Undecodable):
                 if self.config.replica == 0:
                     outputs.append(self._undecodable(record))
                 continue
-            event = record.event
-            p = partition_of(partition_key(self.processor, event), self.config.partitions)
+            event = record.row if isinstance(record, RowRecord) else record.event
+            key = key_of(event)
+            p = partition_for.get(key)
+            if p is None:
+                p = partition_of(key, self.config.partitions)
+                if len(partition_for) < 65_536:  # bounded for high-cardinality keys
+                    partition_for[key] = p
             part = self.parts.get(p)
             if part is None or part.positions.get(position_key, 0) >= record.seq:
                 continue
             try:
-                decisions, rejects = fold(self.processor, part, event, self.config.seen_ids)
+                if isinstance(record, RowRecord):
+                    row = record.row
+                    decisions, rejects = fold_row(
+                        self.processor,  # type: ignore[arg-type]  # rows only come for a row processor
+                        part,
+                        row,
+                        row.time.timestamp(),
+                        row.values(),
+                        self.config.seen_ids,
+                    )
+                else:
+                    decisions, rejects = fold(self.processor, part, record.event, self.config.seen_ids)
             except Exception as exc:  # a processor bug must not stop the stream: dead-letter the input
                 self.health.errors += 1
                 self.health.last_error = f"{type(exc).__name__}: {exc}"
@@ -333,7 +378,9 @@ class Runner(Generic[S]):
         for key, seq in folded.read.items():
             self.health.positions[key] = max(self.health.positions.get(key, 0), seq)
 
-    def _rejected(self, record: Record, event: Event, reason: str, index: int, kind: str = "rejected") -> Event:
+    def _rejected(
+        self, record: Record | RowRecord, event: Event | Row, reason: str, index: int, kind: str = "rejected"
+    ) -> Event:
         return rejection_letter(self.processor.name, record, event, reason, index, kind)
 
     def _undecodable(self, record: Undecodable) -> Event:
@@ -356,13 +403,13 @@ class _Folded:
 
 
 def rejection_letter(
-    processor: str, record: Record, event: Event, reason: str, index: int, kind: str = "rejected"
+    processor: str, record: Record | RowRecord, event: Event | Row, reason: str, index: int, kind: str = "rejected"
 ) -> Event:
     """The dead letter for input ``event`` that ``processor`` rejected (or failed on)."""
     return dead_letter(
         "late" if kind == "late" else "rejected",
         reason,
-        raw=encode(event),
+        raw=record.raw if isinstance(record, RowRecord) else encode(event),  # type: ignore[arg-type]
         stream=record.stream,
         broker_subject=record.subject,
         seq=record.seq,

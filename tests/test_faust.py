@@ -61,6 +61,10 @@ def _states(parts: dict[int, Any], processor: CostProcessor, tenants: set[str]) 
         merged["max_event_ts"].update(mine["max_event_ts"])
         for key in ("totals", "open_buckets", "budgets_fired", "unpriced_models"):
             merged[key].extend(mine[key])
+    # Faust's route stage interleaves a tenant's source partitions as they arrive, so
+    # its float sums may differ from the native fold's in the last bits: costs are
+    # compared to 1e-9 USD (a call costs at least ~1e-4 here); counts exactly.
+    merged["totals"] = [[round(x, 9) if isinstance(x, float) else x for x in row] for row in merged["totals"]]
     return [{k: sorted(v) if isinstance(v, list) else v for k, v in merged.items()}]
 
 

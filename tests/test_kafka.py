@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,26 @@ async def test_follow_resumes_after_positions_per_partition_and_yields_undecodab
         after[p] = min(after.get(p, ack.seq), ack.seq)
     again = await asyncio.wait_for(read(after, 13 - len(after)), 20)
     assert {r.seq for r in again} == {r.seq for r in got} - set(after.values())
+
+
+@pytest.mark.kafka
+async def test_follow_merges_the_partitions_into_event_time_order(bus: Bus, tenant: str) -> None:
+    """Read back to back, partitions come in chunks: a watermark would call one partition's events late."""
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    events = [tick(tenant, 1.0, symbol=f"S{i % 12}", time=start + timedelta(seconds=i)) for i in range(600)]
+    acks = await bus.publish_many(events)
+    assert len({split_position(a.seq)[0] for a in acks}) > 1
+
+    async def read() -> list[Record | Undecodable]:
+        out: list[Record | Undecodable] = []
+        async for item in bus.follow("MARKET", tenant=tenant):
+            out.append(item)
+            if len(out) == len(events):
+                break
+        return out
+
+    got = await asyncio.wait_for(read(), 30)
+    assert [r.event.id for r in got if isinstance(r, Record)] == [e.id for e in events]
 
 
 @pytest.mark.kafka

@@ -171,10 +171,11 @@ async def test_late_events_and_processor_errors_are_dead_lettered_and_the_stream
     bus = fresh_bus()
 
     class Fragile(CostProcessor):
-        def handle(self, state: Any, event: Event) -> Any:
-            if event.subject == "boom/model":
+        # The runner folds a row processor's inputs through handle_row (streams.rows).
+        def handle_row(self, state: Any, cause: Any, ts: float, values: Any) -> Any:
+            if values[0] == "boom":
                 raise RuntimeError("cannot price this")
-            return super().handle(state, event)
+            return super().handle_row(state, cause, ts, values)
 
     on_time = calls(3, tenants=("acme",))
     late = make_event("llm.call", {"provider": "openai", "model": "gpt-4o"}, tenant="acme", time=T0 - timedelta(days=2))

@@ -295,10 +295,11 @@ async def demo_decisions(bus: Any, run_tenant: str, *, quiet: bool) -> dict[str,
 async def _drive(bus: Any, runners: list[Any], events: list[Event]) -> None:
     """Publish ``SLICE_S`` of event time at a time; wait until each runner has folded what it reads.
 
-    The runner reads each input stream on its own, so across streams it folds
-    in arrival order: within a slice, one stream's events may be folded before
-    another's (hence ``allowed_lateness_s`` above a slice in the config). A live
-    feed interleaves far more finely.
+    The runner merges its input streams into event-time order while each has
+    something buffered or has said it is caught up (``streams.ordering``); a
+    slice published while a runner is folding the previous one may still reach
+    it stream by stream (hence ``allowed_lateness_s`` above a slice in the
+    config). A live feed interleaves far more finely.
     """
     from streams.catalog import subject_matches
 

@@ -38,7 +38,7 @@ def run_cmd(
     partitions: Annotated[int, typer.Option(help="State partitions (fixed for a processor's life).", min=1)] = 8,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Processors config file (TOML/YAML).")] = None,
     tenant: Annotated[str, typer.Option(help="Only this tenant ('*' for all).")] = "*",
-    batch_max: Annotated[int, typer.Option(help="Most events per batch (one checkpoint each).", min=1)] = 1000,
+    batch_max: Annotated[int, typer.Option(help="Most events per batch (one checkpoint each).", min=1)] = 5000,
     until_idle: Annotated[
         float | None, typer.Option(help="Stop after this many seconds with no new input (scripts, CI).", min=0.1)
     ] = None,

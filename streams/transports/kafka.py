@@ -31,7 +31,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Self
 
@@ -44,12 +44,12 @@ from schemas import Event, encode
 from streams.bus import (
     ApplyResult,
     CheckpointStore,
+    Followed,
     GroupLag,
     PublishAck,
     Record,
     StartAt,
     StreamInfo,
-    Undecodable,
 )
 from streams.catalog import (
     CATALOG,
@@ -64,6 +64,7 @@ from streams.catalog import (
 from streams.config import BusConfig
 from streams.errors import BrokerUnavailable, PublishError, StreamError, StreamNotFound
 from streams.naming import check_group, check_pattern, check_tenant
+from streams.rows import RowDecoder
 from streams.transports.kafka_admin import KafkaTopics, topic_configs
 from streams.transports.kafka_checkpoints import CHECKPOINT_TOPIC, KafkaCheckpoints
 from streams.transports.kafka_clients import (
@@ -405,8 +406,10 @@ class KafkaBus:
         after: Mapping[int, int] | None = None,
         pattern: str = ">",
         tenant: str = "*",
-    ) -> AsyncIterator[Record | Undecodable]:
-        return self._readers.follow(stream, after=after, pattern=pattern, tenant=tenant)
+        rows: RowDecoder | None = None,
+        caught_up: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Followed]:
+        return self._readers.follow(stream, after=after, pattern=pattern, tenant=tenant, rows=rows, caught_up=caught_up)
 
     async def checkpoints(self) -> CheckpointStore:
         if self._checkpoints is None:

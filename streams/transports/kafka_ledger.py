@@ -84,8 +84,12 @@ def subject_of_record(key: bytes | None, headers: dict[str, bytes]) -> str | Non
     ``None`` when the producer did not set both (a third-party client may not);
     then only the decoded event can say.
     """
+    return subject_of(key, headers.get(HEADER_TYPE))
+
+
+def subject_of(key: bytes | None, type_name: bytes | None) -> str | None:
+    """``subject_of_record`` from the key and the ``type`` header's value."""
     parsed = split_key(key)
-    type_name = headers.get(HEADER_TYPE)
     if parsed is None or not type_name:
         return None
     try:

@@ -8,7 +8,9 @@ DLQ's deletion markers (see ``kafka.py``) hide the letters they delete.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,19 +18,22 @@ import aiokafka.errors as kerr
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import SchemaError, decode
-from streams.bus import Record, Undecodable
+from streams.bus import Followed, Record, RowRecord, Undecodable, decoded
 from streams.catalog import StreamSpec, nats_filter, nats_subject, stream_spec, subject_matches
 from streams.errors import InvalidArgument
 from streams.naming import check_pattern, check_tenant
+from streams.ordering import TimeOrder
+from streams.rows import RowDecoder
 from streams.transports.kafka_admin import KafkaTopics
 from streams.transports.kafka_clients import start_client, stop_client, translate
 from streams.transports.kafka_ledger import (
     HEADER_DELETED,
+    HEADER_TYPE,
     fallback_subject,
     header_map,
     position,
     split_position,
-    subject_of_record,
+    subject_of,
 )
 
 log = logging.getLogger("spine.streams.kafka")
@@ -158,7 +163,9 @@ class KafkaReaders:
         after: Mapping[int, int] | None = None,
         pattern: str = ">",
         tenant: str = "*",
-    ) -> AsyncIterator[Record | Undecodable]:
+        rows: RowDecoder | None = None,
+        caught_up: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Followed]:
         spec = stream_spec(stream)
         flt = nats_filter(check_pattern(pattern), check_tenant(tenant))
         tps = await self._topics.partitions([spec.kafka_topic])
@@ -176,35 +183,60 @@ class KafkaReaders:
             consumer.assign(tps)
             for tp, offset in starts.items():
                 consumer.seek(tp, offset)
+            topic = spec.kafka_topic
+            subjects = _Subjects(flt)
+            merge = TimeMerge(
+                {tp.partition: offset for tp, offset in starts.items()},
+                lambda p: consumer.highwater(TopicPartition(topic, p)),
+            )
             while True:
-                for _, records in sorted((await consumer.getmany(timeout_ms=1000)).items()):
+                fetched = await consumer.getmany(timeout_ms=100 if merge.pending else 1000)
+                for records in fetched.values():
                     for rec in records:
-                        item = self._follow_item(spec, flt, rec)
-                        if item is not None:
-                            yield item
+                        item = self._follow_item(spec, subjects, rec, rows)
+                        if item is None:
+                            pass
+                        elif isinstance(item, Undecodable):
+                            yield item  # no event time to order it by; the runner dead-letters it
+                        else:
+                            merge.push(item)
+                for tp in tps:  # past transaction markers and filtered records too
+                    merge.fetched(tp.partition, await consumer.position(tp))
+                for item in merge.release(time.monotonic()):
+                    yield item
+                if caught_up is not None and merge.drained():
+                    caught_up()
         except kerr.KafkaError as exc:
             raise translate(exc, f"following {spec.name}") from exc
         finally:
             self._consumers.discard(consumer)
             await stop_client(consumer)
 
-    def _follow_item(self, spec: StreamSpec, flt: str, rec: Any) -> Record | Undecodable | None:
-        headers = header_map(rec.headers)
-        if rec.value is None or HEADER_DELETED in headers:
+    def _follow_item(self, spec: StreamSpec, subjects: _Subjects, rec: Any, rows: RowDecoder | None) -> Followed | None:
+        type_header = None
+        for name, value in rec.headers or ():  # a few headers: a scan costs less than a dict
+            if name == HEADER_TYPE:
+                type_header = value
+            elif name == HEADER_DELETED:
+                return None
+        if rec.value is None:
             return None
-        hinted = subject_of_record(rec.key, headers)
-        if hinted is not None and not subject_matches(flt, hinted):
+        hinted = subjects.hinted(rec.key, type_header)
+        if hinted is not None and not subjects.matches(hinted):
             return None
         seq = position(rec.partition, rec.offset)
         try:
-            event = decode(rec.value)
+            item = decoded(spec.name, seq, hinted or "", rec.value, rows, rec.partition)
         except SchemaError as exc:
             subject = hinted or fallback_subject(rec.key, spec)
             return Undecodable(spec.name, seq, subject, rec.value, str(exc), rec.partition)
-        subject = nats_subject(event.tenant, event.type, event.subject)
-        if subject != hinted and not subject_matches(flt, subject):
-            return None
-        return Record(spec.name, seq, subject, event, rec.partition)
+        envelope = item.row if isinstance(item, RowRecord) else item.event
+        subject = subjects.of(envelope.tenant, envelope.type, envelope.subject)
+        if subject != hinted:  # the key and headers did not say, or said otherwise (a third-party producer)
+            if not subjects.matches(subject):
+                return None
+            item = replace(item, subject=subject)
+        return item
 
     async def read_partition(self, topic: str, partition: int, start: int) -> tuple[list[Any], int]:
         """Every record of one partition from ``start`` to its end now, and that end."""
@@ -225,3 +257,99 @@ def _ms(moment: datetime) -> int:
 async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
     for item in items:
         yield item
+
+
+class TimeMerge:
+    """Merges a topic's partitions into event-time order for ``follow``.
+
+    A partition read alone is in order, but the fetcher hands partitions over
+    in chunks of thousands of records: read back to back, a processor with a
+    watermark would see one partition hours ahead of another and reject the
+    other's events as late (a live run would differ from its replay from the
+    archive, which is in event-time order). So records wait in a buffer per
+    partition (``streams.ordering.TimeOrder``) and go while every partition
+    either has a record buffered or has nothing more on the broker (its next
+    offset is at its high watermark, as Kafka Streams waits only for
+    partitions with lag). A partition that reports lag but brings nothing for
+    ``max_wait_s`` is not waited for any longer. Ties go to the lower partition.
+    """
+
+    def __init__(
+        self, starts: Mapping[int, int], highwater: Callable[[int], int | None], max_wait_s: float = 5.0
+    ) -> None:
+        self._next = dict(starts)  # partition -> offset after the last record fetched
+        self._highwater = highwater
+        self._order = TimeOrder(
+            starts,
+            source_of=_partition_of,
+            rank=int,
+            behind=self._may_hold_more,
+            max_wait_s=max_wait_s,
+            what="a partition",
+        )
+        self.push = self._order.push  # delegated as they are: no extra call per record
+        self.release = self._order.release
+        self.drained = self._order.drained
+
+    @property
+    def pending(self) -> int:
+        return self._order.held
+
+    def fetched(self, partition: int, next_offset: int) -> None:
+        self._next[partition] = next_offset
+
+    def _may_hold_more(self, partition: int) -> bool:
+        """Whether the broker holds records of ``partition`` not fetched yet."""
+        end = self._highwater(partition)
+        return end is None or self._next[partition] < end
+
+
+def _partition_of(record: Record | RowRecord) -> int:
+    return record.partition
+
+
+class _Subjects:
+    """The broker subjects one ``follow`` meets, and whether its filter takes them.
+
+    A topic's keys repeat (a tenant's providers and models, a venue's symbols),
+    so each is worked out once; the caches are dropped when they grow past
+    ``limit`` (a stream keyed by something unbounded, like session ids).
+    """
+
+    def __init__(self, flt: str, limit: int = 65_536) -> None:
+        self._flt = flt
+        self._limit = limit
+        self._hinted: dict[tuple[bytes | None, bytes | None], str | None] = {}
+        self._of: dict[tuple[str, str, str], str] = {}
+        self._matches: dict[str, bool] = {}
+
+    def hinted(self, key: bytes | None, type_header: bytes | None) -> str | None:
+        """What the record's key and ``type`` header say its subject is (``kafka_ledger.subject_of``)."""
+        cache_key = (key, type_header)
+        try:
+            return self._hinted[cache_key]
+        except KeyError:
+            subject = self._hinted[cache_key] = subject_of(key, type_header)
+            self._bound(self._hinted)
+            return subject
+
+    def of(self, tenant: str, type_name: str, subject: str) -> str:
+        cache_key = (tenant, type_name, subject)
+        try:
+            return self._of[cache_key]
+        except KeyError:
+            nats = self._of[cache_key] = nats_subject(tenant, type_name, subject)
+            self._bound(self._of)
+            return nats
+
+    def matches(self, subject: str) -> bool:
+        try:
+            return self._matches[subject]
+        except KeyError:
+            ok = self._matches[subject] = subject_matches(self._flt, subject)
+            self._bound(self._matches)
+            return ok
+
+    def _bound(self, cache: dict[Any, Any]) -> None:
+        if len(cache) > self._limit:
+            cache.clear()

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import time as _time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Self
@@ -23,13 +23,14 @@ from schemas import Event, SchemaError, decode, encode
 from streams.bus import (
     ApplyResult,
     CheckpointStore,
+    Followed,
     GroupLag,
     PublishAck,
     Record,
     StartAt,
     StreamInfo,
     StreamLag,
-    Undecodable,
+    follow_item,
 )
 from streams.catalog import (
     CATALOG,
@@ -47,6 +48,7 @@ from streams.config import BusConfig
 from streams.deadletters import DeadLetterKind, dead_letter
 from streams.errors import PublishError, StreamNotFound
 from streams.naming import check_group, check_pattern, check_tenant
+from streams.rows import RowDecoder
 
 log = logging.getLogger("spine.streams.memory")
 
@@ -357,7 +359,9 @@ class MemoryBus:
         after: Mapping[int, int] | None = None,
         pattern: str = ">",
         tenant: str = "*",
-    ) -> AsyncIterator[Record | Undecodable]:
+        rows: RowDecoder | None = None,
+        caught_up: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Followed]:
         spec = stream_spec(stream)
         st = self.broker.streams[spec.name]
         flt = nats_filter(check_pattern(pattern), check_tenant(tenant))
@@ -368,12 +372,11 @@ class MemoryBus:
                 msg = st.messages.get(seq)
                 if msg is None or not subject_matches(flt, msg.subject):
                     continue
-                try:
-                    yield Record(spec.name, seq, msg.subject, decode(msg.data))
-                except SchemaError as exc:
-                    yield Undecodable(spec.name, seq, msg.subject, msg.data, str(exc))
+                yield follow_item(spec.name, seq, msg.subject, msg.data, rows)
             changed = self.broker.changed
             if seq >= st.last_seq:
+                if caught_up is not None:
+                    caught_up()
                 await changed.wait()
 
     async def checkpoints(self) -> CheckpointStore:

@@ -24,7 +24,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Self
 
@@ -39,12 +39,13 @@ from schemas import Event, SchemaError, decode, encode
 from streams.bus import (
     ApplyResult,
     CheckpointStore,
+    Followed,
     GroupLag,
     PublishAck,
     Record,
     StartAt,
     StreamInfo,
-    Undecodable,
+    follow_item,
 )
 from streams.catalog import (
     StreamSpec,
@@ -58,11 +59,13 @@ from streams.config import BusConfig
 from streams.deadletters import DeadLetterKind, dead_letter
 from streams.errors import BrokerUnavailable, ConsumerError, InvalidArgument, PublishError
 from streams.naming import check_group, check_pattern, check_tenant
+from streams.rows import RowDecoder
 from streams.transports import nats_admin
 from streams.transports.nats_admin import NatsCheckpoints
 from streams.transports.nats_clients import (
     AckInbox,
     Puller,
+    pending_of,
     seq_and_deliveries,
     stream_and_consumer_seq,
     translate,
@@ -490,7 +493,9 @@ class NatsBus:
         after: Mapping[int, int] | None = None,
         pattern: str = ">",
         tenant: str = "*",
-    ) -> AsyncIterator[Record | Undecodable]:
+        rows: RowDecoder | None = None,
+        caught_up: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Followed]:
         spec = stream_spec(stream)
         flt = nats_filter(check_pattern(pattern), check_tenant(tenant))
         position = (after or {}).get(0, 0)
@@ -517,7 +522,7 @@ class NatsBus:
                         raise translate(exc, f"following {spec.name}") from exc
                     delivered = 0
                 try:
-                    msgs = await reader.fetch(self.config.fetch_batch, _FETCH_WAIT_S)
+                    msgs = await reader.fetch(self.config.fetch_batch, _FETCH_WAIT_S, caught_up)
                 except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                     log.warning("follow %s: %s; reopening at seq %d", spec.name, exc, position + 1)
                     await self._close_reader(spec.name, name, reader)
@@ -535,10 +540,9 @@ class NatsBus:
                     if seq <= position:
                         continue
                     position = seq
-                    try:
-                        yield Record(spec.name, seq, msg.subject, decode(msg.data))
-                    except SchemaError as exc:
-                        yield Undecodable(spec.name, seq, msg.subject, msg.data, str(exc))
+                    yield follow_item(spec.name, seq, msg.subject, msg.data, rows)
+                if caught_up is not None and msgs and reader is not None and pending_of(msgs[-1]) == 0:
+                    caught_up()
         finally:
             if reader is not None:
                 await self._close_reader(spec.name, name, reader)

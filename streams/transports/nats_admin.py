@@ -150,8 +150,9 @@ _CHECKPOINT_BUCKET = "spine_checkpoints"
 class NatsCheckpoints:
     """Checkpoints in a JetStream KV bucket (file storage, latest value per key)."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self._kv = kv
+        self._js = js
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -169,12 +170,17 @@ class NatsCheckpoints:
             raise translate(exc, f"writing checkpoint {key}") from exc
 
     async def keys(self, prefix: str) -> list[str]:
+        """The keys, from the subjects of the bucket's stream (checkpoints are never deleted).
+
+        Not nats-py's ``KeyValue.keys``: its watcher may see the end of the initial
+        values before the first one arrives, and then reports no keys at all (seen on
+        a loaded machine)."""
+        subject_prefix = f"$KV.{_CHECKPOINT_BUCKET}."
         try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+            info = await self._js.stream_info(f"KV_{_CHECKPOINT_BUCKET}", subjects_filter=f"{subject_prefix}>")
         except (nats.errors.Error, TimeoutError) as exc:
             raise translate(exc, "listing checkpoints") from exc
+        keys = (subject[len(subject_prefix) :] for subject in (info.state.subjects or {}))
         return sorted(k for k in keys if k.startswith(prefix))
 
 
@@ -192,4 +198,4 @@ async def open_checkpoints(bus: JetStreamBus) -> NatsCheckpoints:
             )
     except (nats.errors.Error, TimeoutError) as exc:
         raise translate(exc, "opening the checkpoint bucket") from exc
-    return NatsCheckpoints(kv)
+    return NatsCheckpoints(kv, bus.js)

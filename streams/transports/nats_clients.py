@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Self, cast
 
 import nats.errors
@@ -61,6 +62,14 @@ def stream_and_consumer_seq(msg: Msg) -> tuple[int, int]:
         return int(tokens[5]), int(tokens[6])
     meta = msg.metadata
     return meta.sequence.stream, meta.sequence.consumer
+
+
+def pending_of(msg: Msg) -> int:
+    """How many messages the consumer had left to deliver after ``msg``."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[8])
+    return int(msg.metadata.num_pending)
 
 
 class AckInbox:
@@ -173,12 +182,16 @@ class Puller:
             self._ended = msg
             self._wake.set()
 
-    async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
-        """Up to ``batch`` messages; ``[]`` if none arrived within ``wait_s`` seconds."""
+    async def fetch(self, batch: int, wait_s: float, idle: Callable[[], None] | None = None) -> list[Msg]:
+        """Up to ``batch`` messages; ``[]`` if none arrived within ``wait_s`` seconds.
+
+        ``idle`` is called when the consumer had nothing to deliver, before the wait."""
         if not self._msgs:
             deadline = asyncio.get_running_loop().time() + wait_s
             await self._request(batch, deadline, no_wait=True)
             if not self._msgs:
+                if idle is not None:
+                    idle()
                 await self._request(batch, deadline, no_wait=False)
         return [self._msgs.popleft() for _ in range(min(batch, len(self._msgs)))]
 
@@ -196,10 +209,13 @@ class Puller:
         self._want = batch
         self._ended = None
         self._wake.clear()
-        request: dict[str, Any] = {"batch": batch, "expires": expires}
+        request: dict[str, Any] = {"batch": batch}
         if no_wait:
+            # Without "expires": the server answers at once (404) when it has nothing,
+            # where with one it would hold the request until then.
             request["no_wait"] = True
         else:
+            request["expires"] = expires
             # Lingering: hand over the first message at once (the request keeps
             # delivering the rest into the deque for the next fetch), so a lone
             # event is not held until the batch fills or the request expires.

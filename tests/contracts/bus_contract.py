@@ -393,3 +393,14 @@ class BusContract:
     async def test_describe_lists_every_stream(self, bus: Bus) -> None:
         names = {s.name for s in await bus.describe()}
         assert names == {"MARKET", "SESSIONS", "LLM", "CONFIG", "DECISIONS", "DLQ"}
+
+    async def test_checkpoints_keep_the_latest_value_and_list_keys_by_prefix(self, bus: Bus) -> None:
+        store = await bus.checkpoints()
+        group = f"c{uuid.uuid4().hex[:10]}"
+        assert await store.keys(f"{group}.") == [] and await store.get(f"{group}.p0") is None
+        for p in (1, 0, 2):
+            await store.put(f"{group}.p{p}", b"first")
+        await store.put(f"{group}.p1", b"second")
+        await store.put(f"{group}x.p0", b"another group")
+        assert await store.keys(f"{group}.") == [f"{group}.p0", f"{group}.p1", f"{group}.p2"]
+        assert await store.get(f"{group}.p1") == b"second"
