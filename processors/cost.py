@@ -133,6 +133,12 @@ class CostState:
     # Derived, not snapshotted: per tenant, the earliest end of an open bucket
     # (``_close_buckets`` only runs once the watermark reaches it).
     next_close: dict[str, float] = field(default_factory=dict)
+    # Derived, not snapshotted: (tenant, day, provider, model, project, session) of a call ->
+    # (its five day totals, all in ``totals``; its keys by dimension). A call whose day is
+    # open needs no lookups then. Emptied whenever a bucket closes (retention deletes totals).
+    hot: dict[tuple[Any, ...], tuple[tuple[tuple[Dimension, str, Total], ...], dict[Dimension, str | None]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 class CostProcessor:
@@ -158,6 +164,7 @@ class CostProcessor:
     def __init__(self, config: CostConfig | None = None) -> None:
         self.config = config or CostConfig()
         # (bucket index in _buckets_of, dimension) whose week/month spend a budget watches.
+        self._budget_periods = tuple(PERIODS.index(b.period) for b in self.config.budgets)  # into _buckets_of
         self._watched = tuple(
             sorted({(PERIODS.index(b.period), b.scope) for b in self.config.budgets if b.period != "day"})
         )
@@ -214,25 +221,14 @@ class CostProcessor:
                 self._report_unpriced(state, tenant, model_key, version, outputs)
             else:
                 cost, unpriced = prices.cost(price, input_tokens, output_tokens, cached_tokens), 0
-        keys: tuple[tuple[Dimension, str | None], ...] = (
-            ("tenant", tenant),
-            ("provider", provider),
-            ("model", model_key),
-            ("project", project),
-            ("session", session),
-        )
         step = self.config.update_step_usd
-        totals = state.totals
         buckets = _buckets_of(day)
-        _open(state, tenant, buckets)
         day_bucket = buckets[0][1]
-        for dim, key in keys:
-            if key is None:
-                continue
-            total_key = (tenant, "day", day_bucket, dim, key)
-            total = totals.get(total_key)
-            if total is None:
-                total = totals[total_key] = Total()
+        hot_key = (tenant, day_bucket, provider, model_key, project, session)
+        hot = state.hot.get(hot_key)
+        if hot is None:
+            hot = _day_totals(state, hot_key, buckets)
+        for dim, key, total in hot[0]:
             total.cost += cost
             total.calls += 1
             total.input_tokens += input_tokens
@@ -243,9 +239,8 @@ class CostProcessor:
                 total.emitted_steps = max(steps, total.emitted_steps)
                 outputs.append(self._cost("day", day_bucket, dim, key, total, version, final=False))
         if self.config.budgets:
-            keyed = dict(keys)
-            self._add_running(state, tenant, keyed, buckets, cost)
-            outputs.extend(self._budgets(state, tenant, keyed, day))
+            self._add_running(state, tenant, hot[1], buckets, cost)
+            outputs.extend(self._budgets(state, tenant, hot[1], buckets))
         watermark.observe(ts)
         wm = watermark.value
         if wm is not None and wm >= state.next_close.get(tenant, math.inf):
@@ -306,13 +301,19 @@ class CostProcessor:
         )
         return Emit("decision.alert", alert, alert.dedup_key)
 
-    def _budgets(self, state: CostState, tenant: str, keys: dict[Dimension, str | None], day: date) -> list[Emit]:
+    def _budgets(
+        self,
+        state: CostState,
+        tenant: str,
+        keys: dict[Dimension, str | None],
+        buckets: tuple[tuple[Period, str, str], ...],
+    ) -> list[Emit]:
         out: list[Emit] = []
-        for budget in self.config.budgets:
+        for budget, period_index in zip(self.config.budgets, self._budget_periods, strict=True):
             key = keys[budget.scope]
             if key is None or (budget.key not in ("*", key)):
                 continue
-            bucket = bucket_start(day, budget.period).isoformat()
+            bucket = buckets[period_index][1]
             budget_key = (tenant, budget.period, bucket, budget.scope, key)
             if budget.period == "day":
                 total = state.totals.get(budget_key)
@@ -326,8 +327,10 @@ class CostProcessor:
                 ("hard", budget.hard_usd),
             )
             for level, limit in levels:
+                if limit is None or spent < limit:
+                    continue
                 marker = f"{tenant}|{budget.name}|{key}|{bucket}|{level}"
-                if limit is None or spent < limit or marker in state.budgets_fired:
+                if marker in state.budgets_fired:
                     continue
                 state.budgets_fired.add(marker)
                 decision = BudgetDecision(
@@ -358,6 +361,7 @@ class CostProcessor:
         state.next_close[tenant] = still_open
         if not closed:
             return []
+        state.hot.clear()
         out: list[Emit] = []
         for period, bucket in sorted(closed):  # days first: a week or month sums its days
             rows = period_totals(state, tenant, period, bucket)
@@ -408,6 +412,35 @@ class CostProcessor:
         state.budgets_fired = set(snapshot["budgets_fired"])
         state.unpriced_models = set(snapshot["unpriced_models"])
         return state
+
+
+def _day_totals(
+    state: CostState, hot_key: tuple[Any, ...], buckets: tuple[tuple[Period, str, str], ...]
+) -> tuple[tuple[tuple[Dimension, str, Total], ...], dict[Dimension, str | None]]:
+    """The first call of its kind since the last close: open its buckets, and find (or start)
+    its five day totals (``CostState.hot``)."""
+    tenant, day_bucket, provider, model_key, project, session = hot_key
+    keyed: dict[Dimension, str | None] = {
+        "tenant": tenant,
+        "provider": provider,
+        "model": model_key,
+        "project": project,
+        "session": session,
+    }
+    _open(state, tenant, buckets)
+    totals = state.totals
+    targets = []
+    for dim, key in keyed.items():
+        if key is not None:
+            total_key = (tenant, "day", day_bucket, dim, key)
+            total = totals.get(total_key)
+            if total is None:
+                total = totals[total_key] = Total()
+            targets.append((dim, key, total))
+    hot = (tuple(targets), keyed)
+    if len(state.hot) < 65_536:  # bounded: sessions are many
+        state.hot[hot_key] = hot
+    return hot
 
 
 def _open(state: CostState, tenant: str, buckets: tuple[tuple[Period, str, str], ...]) -> None:
