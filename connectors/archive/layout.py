@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from schemas.registry import EVENT_TYPES, payload_class
-from streams.catalog import stream_for_type
+from streams.catalog import STREAM_ORDER, stream_for_type
 
 SCHEMA = "store"
 
@@ -47,9 +47,8 @@ ARCHIVED_AT = ("archived_at", "TIMESTAMPTZ")
 ENVELOPE_NAMES = tuple(name for name, _ in ENVELOPE)
 RESERVED = {*ENVELOPE_NAMES, ARCHIVED_AT[0]}
 
-# Replays read events in event-time order; equal times go by stream in this order
-# (reference data before inputs before decisions), then by broker sequence.
-STREAM_ORDER = ("CONFIG", "MARKET", "SESSIONS", "LLM", "DECISIONS", "DLQ")
+# Replays read events in event-time order; equal times go by stream in
+# ``STREAM_ORDER`` (the runner's merge uses the same), then by broker sequence.
 
 # The explicit table (and view) name of every event type.
 TABLE_OF_TYPE: dict[str, str] = {
@@ -126,32 +125,37 @@ class TableSpec:
         return f"CREATE TABLE IF NOT EXISTS {self.qualified} ({', '.join(cols)})"
 
     def insert_sql(self, batch: str, *, check: bool = True) -> str:
-        """Insert this table's rows of Arrow table ``batch`` not stored yet; params: ``dedup_params``.
-        Without ``check``, insert them all, no params: for rows the caller knows are new
-        (``store.Archive.write``: every row later than the newest stored one).
+        """Insert the rows of Arrow table ``batch`` (all of them this table's) not stored yet. Parameters:
+        ``$1`` the rows' ``archived_at``, then ``dedup_params``. Without ``check``, insert
+        them all, only ``$1``: for rows the caller knows are new (``store.Archive.write``:
+        every row later than the newest stored one).
+
+        ``archived_at`` is a parameter rather than ``now()`` so that the statement can be
+        prepared once (``store`` does): DuckDB binds a statement calling ``now()`` again on
+        every execution, and binding is most of a 5000-row insert's fixed cost.
 
         The payload is parsed once per row into a struct that ``unnest`` spreads over
         the typed columns: DuckDB binds that in well under half the time of one
-        ``struct_extract`` per column, and binding is most of a 5000-row insert's
-        fixed cost (benchmarks/archive.py, ``write_path``)."""
+        ``struct_extract`` per column (benchmarks/archive.py, ``write_path``)."""
         struct = "{" + ", ".join(f'"{c.field}": "{c.sql_type}"' for c in self.columns) + "}"
         names = [*ENVELOPE_NAMES, ARCHIVED_AT[0], *(c.name for c in self.columns)]
-        select = [f"b.{quote(n)}" for n in ENVELOPE_NAMES] + ["now()"]
+        select = [f"b.{quote(n)}" for n in ENVELOPE_NAMES] + [f"CAST($1 AS {ARCHIVED_AT[1]})"]
         if self.columns:
             select.append(f"unnest(from_json(b.data, '{struct}'))")
-        mine = ", ".join("'" + t + "'" for t in self.types)
         sql = (
             f"INSERT INTO {self.qualified} ({', '.join(quote(n) for n in names)}) "
-            f"SELECT {', '.join(select)} "
-            f"FROM (SELECT * FROM {batch} WHERE type IN ({mine})) AS b"
+            f"SELECT {', '.join(select)} FROM {batch} AS b"
         )
         if not check:
             return sql
-        window = " WHERE time BETWEEN $1 AND $2" if self.dedup == "time" else ""
+        window = (
+            " WHERE time BETWEEN CAST($2 AS TIMESTAMPTZ) AND CAST($3 AS TIMESTAMPTZ)" if self.dedup == "time" else ""
+        )
         return f"{sql} ANTI JOIN (SELECT id FROM {self.qualified}{window}) AS seen ON seen.id = b.id"
 
     def dedup_params(self, lo: datetime, hi: datetime) -> list[datetime]:
-        """The parameters of ``insert_sql``: the batch's event-time range, if the check uses it."""
+        """The parameters of ``insert_sql`` after ``archived_at``: the batch's event-time range,
+        if the check uses it."""
         return [lo, hi] if self.dedup == "time" else []
 
     def backfill_sql(self, column: Column) -> str:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -98,6 +98,7 @@ class Archive:
         # read on a table's first write and kept up to date by ``write``.
         self._newest: dict[str, datetime | None] = {}
         self._batch = _Batch()  # what the writer's inserts read as _BATCH
+        self._prepared: set[str] = set()  # the names of the inserts prepared on the writer's connection
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
@@ -172,21 +173,23 @@ class Archive:
         """Store a batch in one transaction; ids already archived are skipped."""
         if self.mode != "write" or self._con is None:
             raise ArchiveError(f"{self.path} is open read-only", hint="the sink opens it with read_only=False")
-        table, parts = build(items)
+        parts = build(items)
         inserted: dict[str, int] = {}
+        archived_at = _timestamp(datetime.now(UTC))
         with self._lock:
             con = self._con
             try:
                 con.execute("BEGIN TRANSACTION")
-                self._batch.table = table
                 try:
                     for part in parts:
                         name = part.spec.name
+                        self._batch.table = part.rows
                         if self._all_new(con, part):
-                            count = con.execute(_INSERT_NEW[name]).fetchone()
+                            count = self._insert(con, _INSERT_NEW[name], [archived_at])
                         else:
-                            count = con.execute(_INSERT[name], part.spec.dedup_params(part.lo, part.hi)).fetchone()
-                        inserted[name] = int(count[0]) if count else 0
+                            window = [_timestamp(t) for t in part.spec.dedup_params(part.lo, part.hi)]
+                            count = self._insert(con, _INSERT[name], [archived_at, *window])
+                        inserted[name] = count
                 finally:
                     self._batch.table = _EMPTY
                 con.execute("COMMIT")
@@ -201,6 +204,21 @@ class Archive:
                     newest = self._newest[part.spec.name]
                     self._newest[part.spec.name] = part.hi if newest is None else max(newest, part.hi)
         return WriteResult(len(items), inserted)
+
+    def _insert(self, con: DuckDBPyConnection, statement: _Statement, literals: list[str]) -> int:
+        """Run one of the prepared inserts; the number of rows it inserted.
+
+        Each is prepared on its first use (and kept for the connection's life, through
+        rollbacks): planning one of these inserts anew took ~2 ms, about as long as
+        inserting its 5000 rows, and the executed plan reads the batch's current table
+        (benchmarks/archive.py, ``write_path``). Python's client cannot pass parameters
+        to ``EXECUTE``, hence the literals (``_timestamp``).
+        """
+        if statement.name not in self._prepared:
+            con.execute(f"PREPARE {statement.name} AS {statement.sql}")
+            self._prepared.add(statement.name)
+        row = con.execute(f"EXECUTE {statement.name}({', '.join(literals)})").fetchone()
+        return int(row[0]) if row else 0
 
     def _all_new(self, con: DuckDBPyConnection, part: Part) -> bool:
         """Whether every row of ``part`` is later than the newest event stored in its table.
@@ -378,7 +396,7 @@ _EMPTY = ARROW_SCHEMA.empty_table()
 
 
 class _Batch:
-    """The batch being written, as the writer's connection sees it: registered once under
+    """The part of a batch being inserted, as the writer's connection sees it: registered once under
     ``_BATCH`` when the writer opens, where registering each batch's table and dropping it
     again cost ~0.3 us/event (benchmarks/archive.py, ``write_path``). DuckDB takes a fresh
     Arrow stream of the current table for each statement that reads it."""
@@ -390,8 +408,29 @@ class _Batch:
         return self.table.__arrow_c_stream__(requested_schema)
 
 
-_INSERT: dict[str, str] = {name: spec.insert_sql(_BATCH) for name, spec in layout.TABLES.items()}
-_INSERT_NEW: dict[str, str] = {name: spec.insert_sql(_BATCH, check=False) for name, spec in layout.TABLES.items()}
+@dataclass(frozen=True, slots=True)
+class _Statement:
+    """An insert the writer prepares under ``name``."""
+
+    name: str
+    sql: str
+
+
+_INSERT: dict[str, _Statement] = {
+    name: _Statement(f"archive_insert_checked_{i}", spec.insert_sql(_BATCH))
+    for i, (name, spec) in enumerate(layout.TABLES.items())
+}
+_INSERT_NEW: dict[str, _Statement] = {
+    name: _Statement(f"archive_insert_new_{i}", spec.insert_sql(_BATCH, check=False))
+    for i, (name, spec) in enumerate(layout.TABLES.items())
+}
+
+
+def _timestamp(value: datetime) -> str:
+    """A TIMESTAMPTZ literal: exact to the microsecond, as DuckDB stores it."""
+    if value.tzinfo is None:
+        raise ArchiveError(f"timestamp {value} has no time zone")
+    return f"TIMESTAMPTZ '{value.isoformat()}'"
 
 
 def _connect(path: Path, *, read_only: bool, timeout: float) -> DuckDBPyConnection:
