@@ -453,6 +453,9 @@ def replay(path: Path, plan: Plan) -> dict[str, Any]:
 # -- entry point ----------------------------------------------------------------------------------
 
 
+BENCHES = ("ingest", "write_path", "query", "replay")
+
+
 def emit(row: dict[str, Any], mode: str) -> None:
     print(json.dumps(row | {"mode": mode}, default=str), flush=True)
 
@@ -461,18 +464,30 @@ def main() -> None:
     global CALIBRATION
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHES,
+        help="run only this benchmark (repeatable); the query and replay rows share one generated file",
+    )
     args = parser.parse_args()
+    only = set(args.only or BENCHES)
     plan = PLANS["quick" if args.quick else "full"]
     CALIBRATION = calibration_ns()
     with tempfile.TemporaryDirectory(prefix="spine-bench-archive-") as name:
         tmp = Path(name)
-        with NatsServer(tmp / "nats") as server:
-            emit(asyncio.run(ingest(server.url, tmp, plan)), plan.mode)
-        for row in write_path(tmp, plan):
-            emit(row, plan.mode)
-        row, history = query(tmp, plan)
-        emit(row, plan.mode)
-        emit(replay(history, plan), plan.mode)
+        if "ingest" in only:
+            with NatsServer(tmp / "nats") as server:
+                emit(asyncio.run(ingest(server.url, tmp, plan)), plan.mode)
+        if "write_path" in only:
+            for row in write_path(tmp, plan):
+                emit(row, plan.mode)
+        if only & {"query", "replay"}:
+            row, history = query(tmp, plan)
+            if "query" in only:
+                emit(row, plan.mode)
+            if "replay" in only:
+                emit(replay(history, plan), plan.mode)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from processors import registry
 from schemas import Event, decode, make_event
 from streams.bus import Bus, Record
 from streams.embedded import NatsServer
-from streams.processing import Partition, fold, partition_key, partition_of
+from streams.processing import Partition, fold, key_function, partition_of
 from streams.routes import RouteClient, RouteTable
 from streams.runner import Runner, RunnerConfig
 
@@ -204,9 +204,10 @@ def hand_folder(name: str) -> Callable[[Event], None]:
     """The processor folded with no runner: partitions and duplicate check as the runner has them."""
     processor = registry.build(name, CONFIGS[name])
     parts: dict[int, Partition[Any]] = {}
+    key_of = key_function(processor)
 
     def handle(event: Event) -> None:
-        p = partition_of(partition_key(processor, event), 8)
+        p = partition_of(key_of(event), 8)
         part = parts.get(p)
         if part is None:
             part = parts[p] = Partition(p, processor.initial_state())

@@ -22,6 +22,9 @@ object per line (DESIGN.md, Conventions):
 
 Each side reads the same number of pre-published ``llm.call`` events (untimed
 setup); throughput = events / wall time from start until the last one is folded.
+The native and raw rows also give ``steady_*``: the same after each side's first
+batch, without start-up (connecting, loading checkpoints, the first fetch),
+with each side's ``startup_s``.
 """
 
 from __future__ import annotations
@@ -92,9 +95,46 @@ class Plan:
     memory: int
 
 
+SPINE_DOES = (
+    "follow + decode of the fields the fold reads (streams.rows) + fold + publish decisions (acked)"
+    " + checkpoint per batch"
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One side's run: ``events`` in ``seconds`` from its start; ``steady`` from its first
+    batch on (``startup_s`` until then: connecting, loading checkpoints, the first fetch)."""
+
+    events: int
+    seconds: float
+    startup_s: float
+    steady: float  # events/s after the first batch
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: tuple[float, int] | None = None
+
+    def seen(self, count: int) -> None:
+        if self.first is None and count:
+            self.first = (time.perf_counter(), count)
+
+    def done(self, n: int) -> Timing:
+        end = time.perf_counter()
+        first_at, first_count = self.first or (self.start, 0)
+        steady = (n - first_count) / (end - first_at) if end > first_at and n > first_count else n / (end - self.start)
+        return Timing(n, end - self.start, first_at - self.start, steady)
+
+
 PLANS = {
     "quick": Plan("quick", native=20_000, reps=1, faust=1_000, quix=20_000, raw=20_000, memory=100_000),
-    "full": Plan("full", native=100_000, reps=3, faust=3_000, quix=100_000, raw=100_000, memory=1_000_000),
+    "full": Plan("full", native=300_000, reps=3, faust=3_000, quix=100_000, raw=300_000, memory=1_000_000),
 }
 
 
@@ -139,6 +179,21 @@ def event_bytes(tenant: str, n: int) -> list[tuple[str, bytes, str]]:
         data = raw.replace(b"0" * 36, uuid7().encode(), 1).replace(stamp, b'"time":"' + when + b'"', 1)
         out.append((subject, data, key))
     return out
+
+
+def _runs(natives: list[Timing], raws: list[Timing]) -> dict[str, Any]:
+    """Every rep of both sides, and the same comparison after each side's first batch."""
+    steady_spine = statistics.median(t.steady for t in natives)
+    steady_base = statistics.median(t.steady for t in raws)
+    return {
+        "runs_spine": [round(t.rate) for t in natives],
+        "runs_baseline": [round(t.rate) for t in raws],
+        "startup_s_spine": [round(t.startup_s, 3) for t in natives],
+        "startup_s_baseline": [round(t.startup_s, 3) for t in raws],
+        "steady_spine": round(steady_spine),
+        "steady_baseline": round(steady_base),
+        "steady_ratio": round(steady_spine / steady_base, 3),
+    }
 
 
 def line(metric: str, unit: str, spine: float | None, baseline_name: str, baseline: float | None, **extra: Any) -> dict:
@@ -190,8 +245,8 @@ async def native_run(
     on_count: Callable[[int], None] | None = None,
     config: streams.BusConfig | None = None,
     group: str | None = None,
-) -> float:
-    """Seconds for the native runner to fold ``n`` events of ``tenant`` (decisions published, checkpointed).
+) -> Timing:
+    """How long the native runner takes to fold ``n`` events of ``tenant`` (decisions published, checkpointed).
 
     ``group`` (checkpoint namespace) must be new: a group that already folded the events resumes past them.
     """
@@ -199,26 +254,27 @@ async def native_run(
         runner = Runner(bus, processor(), RunnerConfig(tenant=tenant, group=group or f"bench-{tenant}"))
         stop = asyncio.Event()
         freeze_startup_heap()  # as `spine run` does
-        start = time.perf_counter()
+        clock = _Stopwatch()
         task = asyncio.create_task(runner.run(stop))
         marks = sorted({n * p // 100 for p in CHECKPOINTS})
         while runner.health.handled < n:
+            clock.seen(runner.health.handled)
             if task.done():
                 task.result()
                 raise RuntimeError("runner stopped early")
             if on_count is not None and marks and runner.health.handled >= marks[0]:
                 on_count(marks.pop(0))
             await asyncio.sleep(0.002)
-        elapsed = time.perf_counter() - start
+        timing = clock.done(n)
         for mark in marks:
             if on_count is not None:
                 on_count(mark)
         stop.set()
         await asyncio.wait_for(task, 30)
-    return elapsed
+    return timing
 
 
-async def raw_nats(url: str, tenant: str, n: int) -> float:
+async def raw_nats(url: str, tenant: str, n: int) -> Timing:
     """An ordered pull over the same events: fetch, orjson.loads, sum cost inputs per tenant/model."""
     nc = await nats.connect(url, name="bench-raw")
     js = nc.jetstream(timeout=20.0)
@@ -231,7 +287,7 @@ async def raw_nats(url: str, tenant: str, n: int) -> float:
     )
     totals: dict[tuple[str, str], list[float]] = {}
     freeze_startup_heap()  # the same GC policy as the native side
-    start = time.perf_counter()
+    clock = _Stopwatch()
     sub = await js.pull_subscribe(cfg.filter_subject or "", stream="LLM", config=cfg)
     count = 0
     try:
@@ -243,10 +299,12 @@ async def raw_nats(url: str, tenant: str, n: int) -> float:
             for msg in msgs:
                 _sum(totals, orjson.loads(msg.data))
                 count += 1
+            clock.seen(count)
+        timing = clock.done(n)
     finally:
         await sub.unsubscribe()
         await nc.drain()
-    return time.perf_counter() - start
+    return timing
 
 
 def _sum(totals: dict[tuple[str, str], list[float]], doc: dict[str, Any]) -> None:
@@ -260,17 +318,18 @@ def _sum(totals: dict[tuple[str, str], list[float]], doc: dict[str, Any]) -> Non
 
 
 async def nats_throughput(url: str, plan: Plan) -> tuple[dict[str, Any], float]:
-    native, raw = [], []
+    natives: list[Timing] = []
+    raws: list[Timing] = []
     for rep in range(plan.reps):
         tenant = f"bench-{rep}-{uuid.uuid4().hex[:6]}"
         await nats_fill(url, tenant, plan.native)
         order = ("native", "raw") if rep % 2 == 0 else ("raw", "native")
         for side in order:
             if side == "native":
-                native.append(plan.native / await native_run(url, tenant, plan.native))
+                natives.append(await native_run(url, tenant, plan.native))
             else:
-                raw.append(plan.native / await raw_nats(url, tenant, plan.native))
-    spine, base = statistics.median(native), statistics.median(raw)
+                raws.append(await raw_nats(url, tenant, plan.native))
+    spine, base = statistics.median(t.rate for t in natives), statistics.median(t.rate for t in raws)
     row = line(
         "cost_nats",
         "events/s",
@@ -280,9 +339,8 @@ async def nats_throughput(url: str, plan: Plan) -> tuple[dict[str, Any], float]:
         target_ratio=0.5,
         events=plan.native,
         reps=plan.reps,
-        runs_spine=[round(x) for x in native],
-        runs_baseline=[round(x) for x in raw],
-        spine_does="follow + decode/validate + fold + publish decisions (acked) + checkpoint per batch",
+        **_runs(natives, raws),
+        spine_does=SPINE_DOES,
         baseline_does="ordered pull fetch(256) + orjson.loads + sum per tenant/model",
     )
     return row, spine
@@ -326,7 +384,7 @@ async def faust_run(url: str, tenant: str, n: int) -> float:
         await host.stop()
 
 
-async def raw_aiokafka(bootstrap: str, n: int) -> float:
+async def raw_aiokafka(bootstrap: str, n: int) -> Timing:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
@@ -334,7 +392,7 @@ async def raw_aiokafka(bootstrap: str, n: int) -> float:
     )
     totals: dict[tuple[str, str], list[float]] = {}
     freeze_startup_heap()  # the same GC policy as the native side
-    start = time.perf_counter()
+    clock = _Stopwatch()
     await consumer.start()
     count = 0
     try:
@@ -344,9 +402,11 @@ async def raw_aiokafka(bootstrap: str, n: int) -> float:
                 for record in records:
                     _sum(totals, orjson.loads(record.value))
                     count += 1
+            clock.seen(count)
+        timing = clock.done(n)
     finally:
         await consumer.stop()
-    return time.perf_counter() - start
+    return timing
 
 
 def quix_run(bootstrap: str, n: int, state_dir: str) -> float:
@@ -396,16 +456,16 @@ def kafka_rows(plan: Plan, tmp: Path) -> list[dict[str, Any]]:
     with TansuBroker(tmp / "tansu") as broker:
         tenant = f"kbench-{uuid.uuid4().hex[:6]}"
         asyncio.run(kafka_fill(broker.url, tenant, n))
-        natives, raws = [], []
+        natives: list[Timing] = []
+        raws: list[Timing] = []
         for rep in range(plan.reps):  # alternate the order: the machine is shared and noisy
             for side in ("native", "raw") if rep % 2 == 0 else ("raw", "native"):
                 if side == "native":
                     group = f"bench-{tenant}-{rep}"  # each rep folds from the start
-                    seconds = asyncio.run(native_run(broker.url, tenant, plan.native, config=KAFKA, group=group))
-                    natives.append(plan.native / seconds)
+                    natives.append(asyncio.run(native_run(broker.url, tenant, plan.native, config=KAFKA, group=group)))
                 else:
-                    raws.append(plan.raw / asyncio.run(raw_aiokafka(broker.bootstrap, plan.raw)))
-        native, raw = statistics.median(natives), statistics.median(raws)
+                    raws.append(asyncio.run(raw_aiokafka(broker.bootstrap, plan.raw)))
+        native, raw = statistics.median(t.rate for t in natives), statistics.median(t.rate for t in raws)
         try:
             faust: float | None = plan.faust / asyncio.run(faust_run(broker.url, tenant, plan.faust))
             faust_error = None
@@ -453,9 +513,8 @@ def kafka_rows(plan: Plan, tmp: Path) -> list[dict[str, Any]]:
             raw,
             target_ratio=0.5,
             events=plan.raw,
-            runs_spine=[round(x) for x in natives],
-            runs_baseline=[round(x) for x in raws],
-            spine_does="follow + decode/validate + fold + publish decisions (acked) + checkpoint per batch",
+            **_runs(natives, raws),
+            spine_does=SPINE_DOES,
             baseline_does="AIOKafkaConsumer.getmany + orjson.loads + sum per tenant/model",
             **common,
         )
@@ -474,8 +533,8 @@ async def memory_child(url: str, tenant: str, n: int) -> dict[str, Any]:
         samples[f"{marks[count]}%"] = rss_mb()
 
     before = rss_mb()
-    elapsed = await native_run(url, tenant, n, on_count)
-    return {"events_per_s": n / elapsed, "start": before, "checkpoints": samples}
+    timing = await native_run(url, tenant, n, on_count)
+    return {"events_per_s": timing.rate, "start": before, "checkpoints": samples}
 
 
 def memory(url: str, plan: Plan) -> dict[str, Any]:
