@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import streams
-from connectors.faust_app import FaustHost, FaustSettings, build_app
+from connectors.faust_app import FaustHost, FaustSettings, build_app, newest_checkpoints
 from processors.cost import CostProcessor, CostState, cost_rows
 from schemas import Event
 from streams.config import KafkaSettings
 from streams.embedded_kafka import TansuBroker
 from streams.processing import run_partitioned
+from streams.runner import encode_checkpoint
 from tests.test_runner import calls, cost_processor
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -77,6 +79,28 @@ async def _run_until(host: FaustHost[CostState], done: int, tenants: set[str], t
             await asyncio.sleep(0.1)
     finally:
         await host.stop()
+
+
+def _changelog_event(key: bytes, position: int | None) -> Any:
+    """A changelog event as Faust hands it to a table's recovery (key, message.value)."""
+    value = None if position is None else encode_checkpoint({"positions": {"repartition/0": position}})
+    return SimpleNamespace(key=key, message=SimpleNamespace(value=value))
+
+
+def test_changelog_recovery_never_moves_a_checkpoint_back() -> None:
+    """Faust re-recovers the table on stop and rebalance, and on Tansu can stop short of the
+    last writes: a changelog value behind the one held (or an earlier one in the batch) is dropped."""
+    held = {b"a": encode_checkpoint({"positions": {"repartition/0": 40}})}
+    batch = [
+        _changelog_event(b"a", 30),  # older than held: dropped
+        _changelog_event(b"a", 40),  # the same checkpoint again: applied (harmless)
+        _changelog_event(b"b", 5),  # nothing held: applied
+        _changelog_event(b"b", 9),
+        _changelog_event(b"b", 7),  # behind the batch's own newer value: dropped
+        _changelog_event(b"c", None),  # a delete always passes
+    ]
+    kept = newest_checkpoints(held.get, batch)
+    assert kept == [batch[1], batch[2], batch[3], batch[5]]
 
 
 def _calls(host: FaustHost[CostState], tenants: set[str]) -> int:
