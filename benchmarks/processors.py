@@ -364,11 +364,16 @@ async def kafka_fill(url: str, tenant: str, n: int) -> None:
             await bus.publish_many(batch)
 
 
-async def faust_run(url: str, tenant: str, n: int) -> float:
+async def faust_run(url: str, tenant: str, n: int, data_dir: Path) -> float:
     from connectors.faust_app import FaustSettings, build_app
 
     settings = FaustSettings(
-        broker=url, app_id=f"bench-{tenant}", topic_partitions=4, session_timeout_s=3.0, heartbeat_interval_s=0.3
+        broker=url,
+        app_id=f"bench-{tenant}",
+        topic_partitions=4,
+        session_timeout_s=3.0,
+        heartbeat_interval_s=0.3,
+        data_dir=data_dir,
     )
     host = build_app(processor(), settings)
     start = time.perf_counter()
@@ -467,7 +472,7 @@ def kafka_rows(plan: Plan, tmp: Path) -> list[dict[str, Any]]:
                     raws.append(asyncio.run(raw_aiokafka(broker.bootstrap, plan.raw)))
         native, raw = statistics.median(t.rate for t in natives), statistics.median(t.rate for t in raws)
         try:
-            faust: float | None = plan.faust / asyncio.run(faust_run(broker.url, tenant, plan.faust))
+            faust: float | None = plan.faust / asyncio.run(faust_run(broker.url, tenant, plan.faust, tmp / "faust"))
             faust_error = None
         except Exception as exc:
             faust, faust_error = None, f"{type(exc).__name__}: {exc}"

@@ -67,6 +67,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
@@ -119,6 +120,10 @@ class FaustSettings(BaseModel):
     session_timeout_s: float = Field(default=10.0, gt=0, description="Short on Tansu: it waits this for lost members.")
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     commit_interval_s: float = Field(default=2.8, gt=0, description="How often Faust commits acked offsets.")
+    data_dir: Path = Field(
+        default=Path(".spine") / "faust",
+        description="Faust's own files go in <data_dir>/<app id> (Faust's default is <app id>-data in the cwd).",
+    )
 
 
 def faust_brokers(url: str) -> list[str]:
@@ -265,6 +270,7 @@ class FaustHost(Generic[S]):
             Table=_StateTable,
             broker=faust_brokers(s.broker),
             store="memory://",
+            datadir=str(s.data_dir / self.app_id),
             web_enabled=False,
             processing_guarantee="at_least_once",  # exactly_once needs transactions (Tansu refuses them)
             producer_acks=-1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,10 +33,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 BUS_CONFIG = streams.BusConfig(kafka=KafkaSettings(idempotence=False))
 
 
-def _settings(broker: TansuBroker, app_id: str) -> FaustSettings:
+def _settings(broker: TansuBroker, app_id: str, data_dir: Path) -> FaustSettings:
     return FaustSettings(
         broker=broker.url,
         app_id=app_id,
+        data_dir=data_dir,
         topic_partitions=4,
         batch_max=50,
         session_timeout_s=3.0,
@@ -112,7 +114,7 @@ def _calls(host: FaustHost[CostState], tenants: set[str]) -> int:
     return total
 
 
-async def test_cost_processor_under_faust_equals_the_native_runner(tansu_broker: TansuBroker) -> None:
+async def test_cost_processor_under_faust_equals_the_native_runner(tansu_broker: TansuBroker, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     tenants = tuple(f"faust-{run}-{i}" for i in range(3))  # calls() gives tenant i model i % 3
     events: list[Event] = calls(400, tenants=tenants)
@@ -120,13 +122,14 @@ async def test_cost_processor_under_faust_equals_the_native_runner(tansu_broker:
     async with streams.connect(tansu_broker.url, BUS_CONFIG) as bus:
         await bus.provision()
         await bus.publish_many(events)
-        host = build_app(cost_processor(), _settings(tansu_broker, f"spine-test-{run}"))
+        host = build_app(cost_processor(), _settings(tansu_broker, f"spine-test-{run}", tmp_path))
         await _run_until(host, len(events), set(tenants))
         published = {r.event.id async for r in bus.replay("DECISIONS", tenant="*") if r.event.tenant in set(tenants)}
 
     parts, pure = run_partitioned(cost_processor(), events)
     processor = cost_processor()
     assert host.health.errors == 0
+    assert (tmp_path / f"spine-test-{run}").is_dir()  # Faust's files under data_dir, not the cwd
     assert _states(host.partitions(), processor, set(tenants)) == _states(parts, processor, set(tenants))
     assert published == {e.id for e in pure.decisions}
     for period, bucket in (("day", "2026-11-20"), ("month", "2026-11-01")):
@@ -148,7 +151,7 @@ async def _run_to(host: FaustHost[CostState], target: int, tenants: set[str], ti
         await host.stop()
 
 
-async def test_restarts_mid_stream_lose_and_double_count_nothing(tansu_broker: TansuBroker) -> None:
+async def test_restarts_mid_stream_lose_and_double_count_nothing(tansu_broker: TansuBroker, tmp_path: Path) -> None:
     """Three workers stopped mid-stream (inputs still arriving), a fourth finishes: the native fold's state.
 
     Each worker is a new app on the same group, so it resumes from what the previous one left:
@@ -158,7 +161,7 @@ async def test_restarts_mid_stream_lose_and_double_count_nothing(tansu_broker: T
     tenants = tuple(f"faust-{run}-{i}" for i in range(3))
     events: list[Event] = calls(150, tenants=tenants)
     mine = set(tenants)
-    settings = _settings(tansu_broker, f"spine-restart-{run}")
+    settings = _settings(tansu_broker, f"spine-restart-{run}", tmp_path)
     folded: list[int] = []
     async with streams.connect(tansu_broker.url, BUS_CONFIG) as bus:
         await bus.provision()
