@@ -86,6 +86,7 @@ from streams.catalog import (
     streams_for_pattern,
     subject_matches,
 )
+from streams.config import DEFAULT_DATA_DIR
 from streams.errors import InvalidArgument
 from streams.processing import DEFAULT_PARTITIONS, DEFAULT_SEEN_IDS, Partition, Processor, fold, key_function
 from streams.processing import partition_of as state_partition
@@ -121,7 +122,7 @@ class FaustSettings(BaseModel):
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     commit_interval_s: float = Field(default=2.8, gt=0, description="How often Faust commits acked offsets.")
     data_dir: Path = Field(
-        default=Path(".spine") / "faust",
+        default=DEFAULT_DATA_DIR / "faust",
         description="Faust's own files go in <data_dir>/<app id> (Faust's default is <app id>-data in the cwd).",
     )
 

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from connectors.archive.config import ArchiveConfig
 from spine.errors import UsageError
-from streams.config import BusConfig
+from streams.config import DEFAULT_DATA_DIR, BusConfig
 
 
 class SpineSettings(BaseSettings):
@@ -25,7 +25,7 @@ class SpineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPINE_", env_nested_delimiter="__", extra="forbid")
 
-    data_dir: Path = Field(default=Path(".spine"), description="Embedded broker data, archive, state.")
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Embedded broker data, archive, state.")
     broker_url: str | None = Field(default=None, description="Unset: the embedded NATS broker.")
     broker_port: int | None = Field(default=None, ge=1, le=65535, description="Embedded broker port.")
     api_token: SecretStr | None = None

@@ -6,9 +6,12 @@ environment/config file so every knob is a setting, not a constant.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_DATA_DIR = Path(".spine")  # embedded brokers, archive, state: relative to the working directory
 
 
 class StreamSettings(BaseModel):
